@@ -1,0 +1,28 @@
+"""Load the collection's plugins straight from the checkout (no install needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load(relative):
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def preflight_filters():
+    return _load("plugins/filter/preflight.py")
+
+
+@pytest.fixture(scope="session")
+def gpu_facts():
+    return _load("plugins/modules/gpu_facts.py")

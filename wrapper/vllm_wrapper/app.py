@@ -1,0 +1,161 @@
+"""The FastAPI application: routes and wiring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
+
+from . import metrics
+from .auth import KeyStore
+from .config import Settings
+from .drain import Drain
+from .errors import error_response, install_handlers
+from .middleware import INFO_KEY, WrapperMiddleware
+from .proxy import ProxyResponse, Upstream, UpstreamUnavailable
+from .requestinfo import RequestInfo
+from .schemas import ChatRequest, ErrorResponse, Status, passthrough_openapi
+
+log = logging.getLogger("vllm_wrapper")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Invalid request body"),
+        (401, "Missing or invalid API key"),
+        (413, "Request body too large"),
+        (503, "Upstream unavailable or wrapper draining"),
+        (504, "Upstream timeout"),
+    )
+}
+_SECURED = {"security": [{"bearer": []}]}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = Settings.from_env() if settings is None else settings
+    keys = KeyStore(settings)
+    drain = Drain(settings.drain_timeout)
+    upstream = Upstream(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await upstream.start()
+        drain.install()
+        if keys.enabled:
+            log.info("API key auth enabled", extra={"fields": {"keys": keys.names}})
+        else:
+            log.warning("no API keys configured (VLLM_WRAPPER_API_KEY, VLLM_WRAPPER_API_KEYS, "
+                        "VLLM_WRAPPER_API_KEYS_FILE): the wrapper is OPEN to anyone who can reach it")
+        log.info("vllm-wrapper started", extra={"fields": {"upstream": settings.upstream_url}})
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = FastAPI(
+        title="vllm-wrapper",
+        version="1.0.0",
+        description="OpenAI-compatible gateway in front of vLLM.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = keys
+    app.state.drain = drain
+    app.state.upstream = upstream
+    install_handlers(app)
+    app.add_middleware(WrapperMiddleware, settings=settings, keys=keys, drain=drain)
+
+    @app.get("/health", response_model=Status, tags=["ops"])
+    async def health() -> Response:
+        """Liveness of the wrapper itself."""
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/ready", response_model=Status, tags=["ops"],
+             responses={503: _ERRORS[503]})
+    async def ready() -> Response:
+        """Readiness: vLLM answers its /health."""
+        if drain.draining:
+            reason = "vllm-wrapper is shutting down"
+        else:
+            reason = await upstream.check_health()
+        if reason is None:
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        return error_response(503, reason, code="not_ready",
+                              headers={"Retry-After": str(settings.retry_after)})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of the wrapper."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/chat", tags=["chat"], responses=_ERRORS, openapi_extra=_SECURED)
+    async def chat(request: Request, payload: ChatRequest) -> Response:
+        """Simple chat: OpenAI chat-completion answer (SSE when stream is true)."""
+        info: RequestInfo = request.scope[INFO_KEY]
+        try:
+            model = payload.model or await upstream.served_model(info.request_id)
+        except UpstreamUnavailable as exc:
+            return error_response(503, str(exc), code="upstream_unavailable",
+                                  headers={"Retry-After": str(settings.retry_after)})
+        body = {
+            "model": model,
+            "messages": [m.model_dump() for m in payload.messages],
+            "max_tokens": payload.max_tokens or settings.default_max_tokens,
+            "temperature": (settings.default_temperature if payload.temperature is None
+                            else payload.temperature),
+            "stream": payload.stream,
+        }
+        return ProxyResponse(upstream, "POST", "/v1/chat/completions", orjson.dumps(body), info)
+
+    def passthrough_post(path: str) -> None:
+        async def endpoint(request: Request) -> Response:
+            info: RequestInfo = request.scope[INFO_KEY]
+            invalid = _check_json_object(info.body)
+            if invalid is not None:
+                return invalid
+            return ProxyResponse(upstream, "POST", path, info.body, info)
+
+        endpoint.__name__ = "proxy_" + path.strip("/").replace("/", "_")
+        endpoint.__doc__ = f"Passthrough to vLLM {path}; body and answer unchanged."
+        app.add_api_route(path, endpoint, methods=["POST"], tags=["openai"], responses=_ERRORS,
+                          openapi_extra={**passthrough_openapi(path), **_SECURED})
+
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        passthrough_post(path)
+
+    @app.get("/v1/models", tags=["openai"], responses=_ERRORS, openapi_extra=_SECURED)
+    async def models(request: Request) -> Response:
+        """Passthrough to vLLM /v1/models."""
+        return ProxyResponse(upstream, "GET", "/v1/models", None, request.scope[INFO_KEY])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _check_json_object(body: bytes) -> Response | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"request body is not valid JSON: {exc}", code="invalid_json",
+                              param="body")
+    if not isinstance(parsed, dict):
+        return error_response(400, "request body must be a JSON object", code="invalid_json",
+                              param="body")
+    return None

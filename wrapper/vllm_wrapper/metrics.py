@@ -1,0 +1,89 @@
+"""Prometheus metrics. With several uvicorn workers set PROMETHEUS_MULTIPROC_DIR
+(the launcher does it) so /metrics aggregates every worker; otherwise each
+worker reports only its own numbers."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+)
+KNOWN_ROUTES = frozenset(
+    {
+        "/chat", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings",
+        "/health", "/ready", "/metrics", "/docs", "/openapi.json",
+    }
+)
+
+REQUESTS = Counter(
+    "vllm_wrapper_requests_total",
+    "Requests handled, by route, HTTP status and API key name.",
+    ["route", "status", "key"],
+)
+DURATION = Histogram(
+    "vllm_wrapper_request_duration_seconds",
+    "Time from request start to the last byte of the response.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+TTFB = Histogram(
+    "vllm_wrapper_time_to_first_byte_seconds",
+    "Time from request start to the first response body byte (first token when streaming).",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "vllm_wrapper_requests_in_flight",
+    "Requests being handled now.",
+    multiprocess_mode="livesum",
+)
+UPSTREAM_ERRORS = Counter(
+    "vllm_wrapper_upstream_errors_total",
+    "Upstream (vLLM) failures by reason: connect, timeout, protocol.",
+    ["reason"],
+)
+CLIENT_DISCONNECTS = Counter(
+    "vllm_wrapper_client_disconnects_total",
+    "Clients that went away before the response was complete, by phase.",
+    ["phase"],
+)
+AUTH_FAILURES = Counter(
+    "vllm_wrapper_auth_failures_total",
+    "Requests rejected for a missing or invalid API key.",
+)
+
+_request_children: dict[tuple[str, str, str], Counter] = {}
+
+
+def route_label(path: str) -> str:
+    return path if path in KNOWN_ROUTES else "other"
+
+
+def observe_request(route: str, status: int, key: str, duration: float) -> None:
+    ident = (route, str(status), key)
+    child = _request_children.get(ident)
+    if child is None:
+        child = _request_children[ident] = REQUESTS.labels(*ident)
+    child.inc()
+    DURATION.labels(route).observe(duration)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,163 @@
+"""One pure-ASGI middleware for every cross-cutting concern (cheaper than a
+stack of BaseHTTPMiddleware): request id, drain, auth, body-size limit,
+in-flight count, metrics and the JSON access log."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+from .auth import KeyStore
+from .config import Settings
+from .drain import Drain
+from .errors import error_bytes
+from .logs import access_log
+from .proxy import replay_receive
+from .requestinfo import RequestInfo
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/openapi.json"})
+# Still served while draining: liveness and metrics; /ready answers 503 itself.
+DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+INFO_KEY = "vllm_wrapper.info"
+
+
+async def send_error(
+    send: Send, status: int, message: str, code: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = error_bytes(status, message, code=code)
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or ()),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class WrapperMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, keys: KeyStore, drain: Drain) -> None:
+        self.app = app
+        self.settings = settings
+        self.keys = keys
+        self.drain = drain
+        self.retry_after = str(settings.retry_after).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        raw_id = headers.get(b"x-request-id")
+        if raw_id is not None and _REQUEST_ID.match(raw_id):
+            request_id = raw_id.decode()
+        else:
+            request_id = os.urandom(12).hex()
+        info = RequestInfo(request_id=request_id, start=start)
+        scope[INFO_KEY] = info
+        path: str = scope["path"]
+        status = 500
+        bytes_out = 0
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, bytes_out
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            elif message["type"] == "http.response.body":
+                bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        counted = path not in DRAIN_EXEMPT
+        if counted:
+            self.drain.in_flight += 1
+            metrics.IN_FLIGHT.inc()
+        try:
+            await self._handle(scope, receive, send_wrapper, path, headers, info)
+        finally:
+            if counted:
+                self.drain.in_flight -= 1
+                metrics.IN_FLIGHT.dec()
+            duration = time.perf_counter() - start
+            route = metrics.route_label(path)
+            metrics.observe_request(route, status, info.key_name, duration)
+            if info.ttfb is not None and info.stream:
+                metrics.TTFB.labels(route).observe(info.ttfb)
+            if self.settings.access_log:
+                access_log.info("", extra={"fields": {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "ttfb_ms": None if info.ttfb is None else round(info.ttfb * 1000, 3),
+                    "key": info.key_name,
+                    "client": scope["client"][0] if scope.get("client") else None,
+                    "upstream_status": info.upstream_status,
+                    "stream": info.stream,
+                    "bytes_out": bytes_out,
+                    "client_disconnected": info.client_disconnected,
+                }})
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, path: str,
+        headers: dict[bytes, bytes], info: RequestInfo,
+    ) -> None:
+        if self.drain.draining and path not in DRAIN_EXEMPT:
+            await send_error(send, 503, "vllm-wrapper is shutting down", "draining",
+                             [(b"retry-after", self.retry_after), (b"connection", b"close")])
+            return
+        if self.keys.enabled and path not in OPEN_PATHS:
+            name = self.keys.authenticate(headers.get(b"authorization"))
+            if name is None:
+                metrics.AUTH_FAILURES.inc()
+                await send_error(send, 401, "missing or invalid API key "
+                                 "(send Authorization: Bearer <key>)", "invalid_api_key",
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+            info.key_name = name
+        if scope["method"] in _BODY_METHODS:
+            body = await self._read_body(receive, send, headers)
+            if body is None:
+                return
+            info.body = body
+            receive = replay_receive(body, receive)
+        await self.app(scope, receive, send)
+
+    async def _read_body(
+        self, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> bytes | None:
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        too_large = f"request body larger than {limit} bytes (VLLM_WRAPPER_MAX_BODY_BYTES)"
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_error(send, 413, too_large, "request_too_large",
+                             [(b"connection", b"close")])
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await send_error(send, 413, too_large, "request_too_large",
+                                 [(b"connection", b"close")])
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,264 @@
+"""Upstream (vLLM) client and the relay of its responses to the client.
+
+Streaming responses are relayed chunk by chunk as they arrive. Every relay
+races the client's disconnect: when the client goes away, in any phase, the
+upstream request is cancelled and its connection closed, so vLLM aborts the
+request and frees the slot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from . import metrics
+from .config import Settings
+from .errors import error_bytes
+from .requestinfo import RequestInfo
+
+log = logging.getLogger("vllm_wrapper.proxy")
+
+_PASS_RESPONSE_HEADERS = ("content-type", "content-encoding")
+
+
+class UpstreamUnavailable(Exception):
+    """vLLM could not be reached; the message says why."""
+
+
+class Upstream:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base = settings.upstream_url
+        self.session: aiohttp.ClientSession | None = None
+        self._auth_header: str | None = (
+            f"Bearer {settings.upstream_api_key}" if settings.upstream_api_key else None
+        )
+        self._model: str | None = settings.served_model
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.upstream_max_connections,
+            # Below uvicorn's (vLLM's) 5 s keep-alive so we never reuse a
+            # connection the server is about to close.
+            keepalive_timeout=3.0,
+            ttl_dns_cache=60,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.settings.upstream_connect_timeout,
+                sock_read=self.settings.upstream_timeout,
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if self._auth_header:
+            headers["Authorization"] = self._auth_header
+        return headers
+
+    async def check_health(self) -> str | None:
+        """None when vLLM's /health answers 200, else the reason it is not ready."""
+        assert self.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.settings.ready_timeout)
+        try:
+            async with self.session.get(f"{self.base}/health", timeout=timeout) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return None
+                return f"upstream /health returned HTTP {resp.status}"
+        except TimeoutError:
+            return f"upstream /health did not answer within {self.settings.ready_timeout} s"
+        except aiohttp.ClientError as exc:
+            return f"upstream unreachable: {type(exc).__name__}: {exc}"
+
+    async def served_model(self, request_id: str) -> str:
+        """VLLM_SERVED_MODEL, or the first model vLLM lists (cached once found)."""
+        if self._model is not None:
+            return self._model
+        assert self.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.settings.ready_timeout)
+        try:
+            async with self.session.get(
+                f"{self.base}/v1/models", headers=self.headers(request_id), timeout=timeout
+            ) as resp:
+                data: Any = await resp.json(content_type=None)
+            self._model = str(data["data"][0]["id"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamUnavailable(f"cannot discover the served model: {exc}") from None
+        return self._model
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ProxyResponse(Response):
+    """An ASGI response that forwards one request to vLLM and relays the answer."""
+
+    def __init__(
+        self, upstream: Upstream, method: str, path: str, body: bytes | None, info: RequestInfo
+    ) -> None:  # noqa: D107 - deliberately not calling Response.__init__
+        self.upstream = upstream
+        self.method = method
+        self.path = path
+        self.body = body
+        self.info = info
+        self.phase = "upstream_wait"
+        self.complete = False
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.ensure_future(self._relay(send))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+        if relay.done():
+            exc = relay.exception()
+            if exc is None or self.complete:
+                return
+            if isinstance(exc, OSError):  # raised by send() once the client is gone
+                self._client_gone()
+                return
+            raise exc
+        if self.complete:
+            await relay
+            return
+        relay.cancel()
+        try:
+            await relay
+        except (asyncio.CancelledError, OSError):
+            pass
+        self._client_gone()
+
+    def _client_gone(self) -> None:
+        self.info.client_disconnected = True
+        metrics.CLIENT_DISCONNECTS.labels(self.phase).inc()
+
+    async def _send_error(self, send: Send, status: int, message: str, code: str,
+                          retry_after: bool = False) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if retry_after:
+            headers.append((b"retry-after", str(self.upstream.settings.retry_after).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        self.complete = True
+        await send({"type": "http.response.body", "body": error_bytes(status, message, code=code)})
+
+    async def _relay(self, send: Send) -> None:
+        upstream = self.upstream
+        assert upstream.session is not None
+        url = upstream.base + self.path
+        try:
+            resp = await upstream.session.request(
+                self.method, url, data=self.body, headers=upstream.headers(self.info.request_id)
+            )
+        except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            await self._send_error(
+                send, 504,
+                f"upstream did not answer within {upstream.settings.upstream_timeout} s",
+                "upstream_timeout",
+            )
+            return
+        except aiohttp.ServerDisconnectedError:
+            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+            await self._send_error(send, 502, "upstream closed the connection without answering",
+                                   "upstream_disconnected", retry_after=True)
+            return
+        except aiohttp.ClientError as exc:
+            metrics.UPSTREAM_ERRORS.labels("connect").inc()
+            log.warning("upstream unreachable: %s: %s", type(exc).__name__, exc,
+                        extra={"fields": {"request_id": self.info.request_id}})
+            await self._send_error(send, 503, "upstream (vLLM) is unavailable", "upstream_unavailable",
+                                   retry_after=True)
+            return
+        try:
+            await self._relay_response(resp, send)
+        finally:
+            # close(), not release(): on an early exit the connection must be
+            # dropped so vLLM notices and aborts the request.
+            if self.complete and resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    async def _relay_response(self, resp: aiohttp.ClientResponse, send: Send) -> None:
+        self.info.upstream_status = resp.status
+        content_type = resp.headers.get("Content-Type", "")
+        headers: list[tuple[bytes, bytes]] = [
+            (name.encode(), resp.headers[name].encode())
+            for name in _PASS_RESPONSE_HEADERS if name in resp.headers
+        ]
+        if content_type.startswith("text/event-stream"):
+            self.info.stream = True
+            headers.append((b"cache-control", b"no-cache"))
+            headers.append((b"x-accel-buffering", b"no"))
+            self.phase = "streaming"
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            first = True
+            try:
+                async for chunk in resp.content.iter_any():
+                    if first:
+                        self.info.ttfb = time.perf_counter() - self.info.start
+                        first = False
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+                metrics.UPSTREAM_ERRORS.labels(reason).inc()
+                self.info.upstream_error = reason
+                event = b"data: " + error_bytes(502, f"upstream stream ended abnormally ({reason})",
+                                                code="upstream_" + reason) + b"\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            self.complete = True
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self.phase = "body"
+        try:
+            body = await resp.read()
+        except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            await self._send_error(send, 504, "upstream timed out while sending its answer",
+                                   "upstream_timeout")
+            return
+        except aiohttp.ClientError:
+            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+            await self._send_error(send, 502, "upstream connection failed mid-answer",
+                                   "upstream_disconnected", retry_after=True)
+            return
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.info.ttfb = time.perf_counter() - self.info.start
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        self.complete = True
+        await send({"type": "http.response.body", "body": body})
+
+
+def replay_receive(body: bytes, receive: Receive) -> Receive:
+    """A receive() that first yields the already-read body, then the real channel."""
+    sent = False
+
+    async def _receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return _receive

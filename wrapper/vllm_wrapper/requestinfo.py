@@ -1,0 +1,18 @@
+"""Per-request facts gathered for the access log and metrics (never the body)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    request_id: str
+    start: float
+    key_name: str = "-"
+    upstream_status: int | None = None
+    upstream_error: str | None = None
+    stream: bool = False
+    ttfb: float | None = None
+    client_disconnected: bool = False
+    body: bytes = b""

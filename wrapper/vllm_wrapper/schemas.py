@@ -1,0 +1,90 @@
+"""Request/response models for /chat and the OpenAPI description of the
+passthrough bodies (those are forwarded unchanged; vLLM validates them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """The guide's simple form; omitted fields take the configured defaults."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Defaults to VLLM_DEFAULT_MAX_TOKENS."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="Defaults to VLLM_DEFAULT_TEMPERATURE."
+    )
+    stream: bool = False
+    model: str | None = Field(default=None, description="Defaults to the served model.")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Status(BaseModel):
+    status: str
+
+
+_MESSAGES = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+            "content": {"type": "string"},
+        },
+    },
+}
+_COMMON: dict[str, Any] = {
+    "model": {"type": "string"},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "stream": {"type": "boolean"},
+}
+PASSTHROUGH_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {"messages": _MESSAGES, **_COMMON},
+    },
+    "/v1/completions": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string"}, **_COMMON},
+    },
+    "/v1/embeddings": {
+        "type": "object",
+        "required": ["input"],
+        "properties": {"input": {"type": "string"}, "model": {"type": "string"}},
+    },
+}
+
+
+def passthrough_openapi(path: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PASSTHROUGH_BODIES[path]}},
+        }
+    }

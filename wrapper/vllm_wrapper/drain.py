@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from typing import Any
 
 log = logging.getLogger("vllm_wrapper.drain")
@@ -21,6 +20,15 @@ class Drain:
         self._previous: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
 
     def install(self) -> None:
         """Take over SIGTERM from uvicorn (only possible in the main thread)."""
@@ -43,9 +51,12 @@ class Drain:
         self._task = self._loop.create_task(self._finish())
 
     async def _finish(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while self.in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        self._idle = asyncio.Event()
+        if self.in_flight > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.timeout)
+            except TimeoutError:
+                log.warning("drain timeout reached with requests still in flight")
         log.info("drain finished, shutting down",
                  extra={"fields": {"in_flight": self.in_flight}})
         assert self._loop is not None

@@ -81,13 +81,13 @@ class WrapperMiddleware:
 
         counted = path not in DRAIN_EXEMPT
         if counted:
-            self.drain.in_flight += 1
+            self.drain.enter()
             metrics.IN_FLIGHT.inc()
         try:
             await self._handle(scope, receive, send_wrapper, path, headers, info)
         finally:
             if counted:
-                self.drain.in_flight -= 1
+                self.drain.leave()
                 metrics.IN_FLIGHT.dec()
             duration = time.perf_counter() - start
             route = metrics.route_label(path)

@@ -113,7 +113,7 @@ class ProxyResponse(Response):
 
     def __init__(
         self, upstream: Upstream, method: str, path: str, body: bytes | None, info: RequestInfo
-    ) -> None:  # noqa: D107 - deliberately not calling Response.__init__
+    ) -> None:  # Response.__init__ is deliberately not called: we send ourselves.
         self.upstream = upstream
         self.method = method
         self.path = path

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import os
-
 def _describe(rule):
     if rule.get("allowed"):
         return rule["allowed"]
@@ -74,23 +72,8 @@ def setting_violations(settings, rules, required=None):
     return messages
 
 
-def mount_for_path(mounts, path):
-    """Return the mount (from ansible_facts.mounts) holding path, whether path exists yet or not."""
-    path = os.path.normpath(path)
-    best = None
-    for mount in mounts:
-        point = mount.get("mount", "")
-        if path == point or path.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) > len(best["mount"]):
-                best = mount
-    if best is None:
-        return {"mount": "/", "size_available": 0}
-    return best
-
-
 class FilterModule:
     def filters(self):
         return {
             "setting_violations": setting_violations,
-            "mount_for_path": mount_for_path,
         }

@@ -26,3 +26,8 @@ def preflight_filters():
 @pytest.fixture(scope="session")
 def gpu_facts():
     return _load("plugins/modules/gpu_facts.py")
+
+
+@pytest.fixture(scope="session")
+def disk_space():
+    return _load("plugins/modules/disk_space.py")

@@ -65,24 +65,3 @@ def test_required_missing_or_empty(preflight_filters):
 def test_generated_description_without_allowed_text(preflight_filters):
     assert preflight_filters.check_value(5, {"type": "int", "min": 1, "max": 4}) == "an integer >= 1 <= 4"
     assert preflight_filters.check_value(4, {"type": "int", "min": 1, "max": 4}) is None
-
-
-MOUNTS = [
-    {"mount": "/", "size_available": 10},
-    {"mount": "/data", "size_available": 500},
-    {"mount": "/data2", "size_available": 7},
-]
-
-
-@pytest.mark.parametrize(
-    "path, mount",
-    [
-        ("/data/vllm-models", "/data"),
-        ("/data", "/data"),
-        ("/data2/models/", "/data2"),
-        ("/database", "/"),
-        ("/opt/models", "/"),
-    ],
-)
-def test_mount_for_path_picks_the_longest_prefix(preflight_filters, path, mount):
-    assert preflight_filters.mount_for_path(MOUNTS, path)["mount"] == mount

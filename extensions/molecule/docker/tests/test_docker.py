@@ -35,7 +35,7 @@ def test_daemon_json_has_rotation_and_all_fragments(host):
     assert config["log-opts"] == {"max-size": "100m", "max-file": "7", "compress": "true"}
     assert config["live-restore"] is True
     # the fragment another role added is merged, not overwriting the role's own keys
-    assert config["default-ulimits"]["memlock"]["Hard"] == -1
+    assert config["default-shm-size"] == "1G"
     assert host.file("/etc/docker/daemon.json").mode == 0o644
 
 
@@ -67,7 +67,8 @@ def test_engine_runs_a_container_with_rotated_logs(host, busybox_image):
     host.run("docker rm -f molecule-echo")
     out = host.check_output(f"docker run --name molecule-echo {busybox_image} /busybox echo gpufleet-ok")
     assert out.strip() == "gpufleet-ok"
-    log_config = json.loads(host.check_output("docker inspect -f '{{json .HostConfig.LogConfig}}' molecule-echo"))
-    assert log_config["Type"] == "json-file"
+    host_config = json.loads(host.check_output("docker inspect -f '{{json .HostConfig}}' molecule-echo"))
+    assert host_config["LogConfig"]["Type"] == "json-file"
+    assert host_config["ShmSize"] == 1024**3  # from the fragment another role added
     assert host.check_output("docker logs molecule-echo").strip() == "gpufleet-ok"
     host.run_expect([0], "docker rm -f molecule-echo")

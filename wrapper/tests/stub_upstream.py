@@ -1,0 +1,112 @@
+"""A scripted fake upstream for the cases real vLLM cannot produce on demand:
+exact SSE bytes with gaps (byte-for-byte relay, no buffering) and requests
+that never get an answer (timeouts, disconnect before the first byte)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+SSE_CHUNKS = [
+    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"b\\u00e9"}}]}\n\n',
+    b": keep-alive comment\n\n",
+    b"data: [DONE]\n\n",
+]
+
+
+@dataclass
+class StubUpstream:
+    """mode: "sse" (SSE_CHUNKS, gap seconds apart), "stall" (never answer),
+    "headers_then_stall" (SSE headers, then nothing)."""
+
+    mode: str = "sse"
+    gap: float = 0.3
+    port: int = 0
+    closed: threading.Event = field(default_factory=threading.Event)
+    requests: list[bytes] = field(default_factory=list)
+    chunk_sent_at: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+    def _wait_close(self, conn: socket.socket, limit: float = 30.0) -> None:
+        conn.settimeout(0.1)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                if conn.recv(1024) == b"":
+                    self.closed.set()
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                self.closed.set()
+                return
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            request = self._read_request(conn)
+            self.requests.append(request)
+            if self.mode == "stall":
+                self._wait_close(conn)
+                return
+            head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            conn.sendall(head)
+            if self.mode == "headers_then_stall":
+                self._wait_close(conn)
+                return
+            for index, chunk in enumerate(SSE_CHUNKS):
+                if index:
+                    time.sleep(self.gap)
+                self.chunk_sent_at.append(time.monotonic())
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.sendall(b"0\r\n\r\n")

@@ -1,0 +1,98 @@
+"""A client that goes away must free vLLM's slot in every phase: proved with
+vLLM's own vllm:num_requests_running returning to 0 (and an aborted request),
+and, for the phase before the first byte, with a scripted upstream that sees
+its connection closed."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import orjson
+import pytest
+
+from .conftest import MODEL_NAME, Wrapper, metric_value, wait_until
+from .stub_upstream import StubUpstream
+
+# ~1000 tokens takes vLLM CPU about 2 s with the tiny model: long enough to
+# disconnect mid-way, and it would still be running if the abort failed.
+LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 1000, "ignore_eos": True}
+
+
+def _vllm_metrics(vllm_url: str) -> str:
+    return httpx.get(vllm_url + "/metrics").text
+
+
+def _running(vllm_url: str) -> float:
+    return metric_value(_vllm_metrics(vllm_url), "vllm:num_requests_running")
+
+
+def _aborted(vllm_url: str) -> float:
+    return metric_value(_vllm_metrics(vllm_url), "vllm:request_success_total",
+                        finished_reason="abort")
+
+
+def _raw_request(url: str, path: str, body: dict) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    payload = orjson.dumps(body)
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(payload), payload)
+    )
+    return sock
+
+
+def _wait_running(vllm_url: str) -> None:
+    assert wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02), "request never started in vLLM"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat"])
+def test_disconnect_mid_stream_aborts_vllm_request(wrapper: Wrapper, vllm_url: str,
+                                                    path: str) -> None:
+    assert wait_until(lambda: _running(vllm_url) == 0, 30)
+    aborted_before = _aborted(vllm_url)
+    body = {**LONG, "stream": True} if path != "/chat" else {
+        "messages": LONG["messages"], "max_tokens": 1000, "stream": True}
+    sock = _raw_request(wrapper.url, path, body)
+    data = b""
+    while data.count(b"data: ") < 3:
+        chunk = sock.recv(65536)
+        assert chunk, "stream ended early"
+        data += chunk
+    assert b"200 OK" in data.split(b"\r\n")[0]
+    _wait_running(vllm_url)
+    t0 = time.monotonic()
+    sock.close()
+    assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.02), "vLLM still running the request"
+    assert time.monotonic() - t0 < 5
+    assert wait_until(lambda: _aborted(vllm_url) > aborted_before, 5)
+
+
+def test_disconnect_non_streaming_aborts_vllm_request(wrapper: Wrapper, vllm_url: str) -> None:
+    assert wait_until(lambda: _running(vllm_url) == 0, 30)
+    aborted_before = _aborted(vllm_url)
+    sock = _raw_request(wrapper.url, "/v1/chat/completions", LONG)
+    _wait_running(vllm_url)
+    sock.close()
+    assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.02), "vLLM still running the request"
+    assert wait_until(lambda: _aborted(vllm_url) > aborted_before, 5)
+    text = httpx.get(wrapper.url + "/metrics").text
+    assert metric_value(text, "vllm_wrapper_client_disconnects_total") >= 1
+
+
+@pytest.mark.parametrize("mode", ["stall", "headers_then_stall"])
+def test_disconnect_before_first_byte_closes_upstream(start_wrapper, mode: str) -> None:
+    stub = StubUpstream(mode=mode)
+    try:
+        w = start_wrapper(VLLM_UPSTREAM_URL=stub.url)
+        sock = _raw_request(w.url, "/v1/chat/completions", {**LONG, "stream": True})
+        assert wait_until(lambda: bool(stub.requests), 5, 0.02)
+        time.sleep(0.2)
+        assert not stub.closed.is_set()
+        sock.close()
+        assert stub.closed.wait(5), "upstream connection still open after client left"
+    finally:
+        stub.close()

@@ -1,0 +1,198 @@
+"""Every endpoint against the real vLLM, through the wrapper."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from .conftest import MODEL_NAME, Wrapper, metric_value
+
+CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _sse_events(text: str) -> list[str]:
+    return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_health(wrapper: Wrapper) -> None:
+    r = httpx.get(wrapper.url + "/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+    assert r.headers["x-request-id"]
+
+
+def test_ready_when_vllm_answers(wrapper: Wrapper) -> None:
+    r = httpx.get(wrapper.url + "/ready")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready"}
+
+
+def test_docs_and_openapi(wrapper: Wrapper) -> None:
+    assert "swagger" in httpx.get(wrapper.url + "/docs").text.lower()
+    spec = httpx.get(wrapper.url + "/openapi.json").json()
+    for path in ("/chat", "/v1/chat/completions", "/v1/completions", "/v1/models",
+                 "/v1/embeddings", "/health", "/ready", "/metrics"):
+        assert path in spec["paths"], path
+
+
+def test_models_passthrough(wrapper: Wrapper, vllm_url: str) -> None:
+    r = httpx.get(wrapper.url + "/v1/models")
+    assert r.status_code == 200
+    assert [m["id"] for m in r.json()["data"]] == [MODEL_NAME]
+    direct = httpx.get(vllm_url + "/v1/models").json()
+    assert r.json()["data"][0]["max_model_len"] == direct["data"][0]["max_model_len"]
+
+
+def test_chat_completions_non_streaming(wrapper: Wrapper) -> None:
+    r = httpx.post(wrapper.url + "/v1/chat/completions",
+                   json={**CHAT, "max_tokens": 5, "ignore_eos": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["usage"]["completion_tokens"] == 5
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert r.headers["content-type"].startswith("application/json")
+
+
+def test_chat_completions_streaming(wrapper: Wrapper) -> None:
+    payload = {**CHAT, "max_tokens": 6, "ignore_eos": True, "stream": True,
+               "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", wrapper.url + "/v1/chat/completions", json=payload, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-accel-buffering"] == "no"
+        assert "content-length" not in r.headers
+        text = r.read().decode()
+    events = _sse_events(text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_completions(wrapper: Wrapper) -> None:
+    r = httpx.post(wrapper.url + "/v1/completions", timeout=60,
+                   json={"model": MODEL_NAME, "prompt": "once upon", "max_tokens": 4,
+                         "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "text_completion"
+    assert r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_completions_streaming(wrapper: Wrapper) -> None:
+    r = httpx.post(wrapper.url + "/v1/completions", timeout=60,
+                   json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 3, "ignore_eos": True,
+                         "stream": True})
+    assert r.status_code == 200
+    events = _sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    assert len(events) >= 4
+
+
+def test_embeddings_passes_vllm_answer_through(wrapper: Wrapper, vllm_url: str) -> None:
+    # A generative model serves no embeddings: vLLM's own status and body must come through.
+    payload = {"model": MODEL_NAME, "input": "hello"}
+    direct = httpx.post(vllm_url + "/v1/embeddings", json=payload)
+    via = httpx.post(wrapper.url + "/v1/embeddings", json=payload)
+    assert via.status_code == direct.status_code
+    assert via.content == direct.content
+
+
+def test_upstream_4xx_passes_through(wrapper: Wrapper, vllm_url: str) -> None:
+    payload = {**CHAT, "max_tokens": 100000}
+    direct = httpx.post(vllm_url + "/v1/chat/completions", json=payload)
+    via = httpx.post(wrapper.url + "/v1/chat/completions", json=payload)
+    assert direct.status_code == 400
+    assert via.status_code == 400
+    assert via.json()["error"]["message"] == direct.json()["error"]["message"]
+
+
+def test_chat_simple_form_uses_defaults(wrapper: Wrapper) -> None:
+    r = httpx.post(wrapper.url + "/chat", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == MODEL_NAME
+    assert 1 <= body["usage"]["completion_tokens"] <= 8  # VLLM_DEFAULT_MAX_TOKENS=8
+
+
+def test_chat_simple_form_streaming(wrapper: Wrapper) -> None:
+    r = httpx.post(wrapper.url + "/chat", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                         "stream": True, "temperature": 0})
+    assert r.status_code == 200
+    assert r.headers["x-accel-buffering"] == "no"
+    assert _sse_events(r.text)[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "colour": "red"}, "colour"),
+    ],
+)
+def test_chat_invalid_body_names_field(wrapper: Wrapper, payload: dict, param: str) -> None:
+    r = httpx.post(wrapper.url + "/chat", json=payload)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["param"] == param
+    assert param in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b""])
+def test_passthrough_rejects_non_object_json(wrapper: Wrapper, body: bytes) -> None:
+    r = httpx.post(wrapper.url + "/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"), ("GET", "/load"),
+        ("POST", "/v1/responses"), ("POST", "/scale_elastic_ep"), ("POST", "/invocations"),
+        ("POST", "/inference/v1/generate"), ("POST", "/inference/v1/abort_requests"),
+        ("GET", "/v1/chat/completions"), ("POST", "/v1/models"), ("GET", "/ping"),
+        ("POST", "/v1/messages"), ("POST", "/v1/chat/completions/render"),
+    ],
+)
+def test_vllm_admin_paths_not_reachable(wrapper: Wrapper, method: str, path: str) -> None:
+    r = httpx.request(method, wrapper.url + path, json={})
+    assert r.status_code in (404, 405)
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_request_id_propagated_to_vllm(wrapper: Wrapper) -> None:
+    rid = "test-req-0123456789"
+    r = httpx.post(wrapper.url + "/v1/chat/completions", headers={"X-Request-Id": rid},
+                   json={**CHAT, "max_tokens": 1}, timeout=60)
+    assert r.headers["x-request-id"] == rid
+    assert rid in r.json()["id"]  # vLLM builds the completion id from X-Request-Id
+
+
+def test_invalid_request_id_is_replaced(wrapper: Wrapper) -> None:
+    r = httpx.get(wrapper.url + "/health", headers={"X-Request-Id": "bad id\twith spaces"})
+    assert r.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_metrics(wrapper: Wrapper) -> None:
+    httpx.get(wrapper.url + "/v1/models")
+    r = httpx.get(wrapper.url + "/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert metric_value(text, "vllm_wrapper_requests_total", route="/v1/models",
+                        status="200") >= 1
+    for name in ("vllm_wrapper_request_duration_seconds_bucket", "vllm_wrapper_requests_in_flight",
+                 "vllm_wrapper_time_to_first_byte_seconds_bucket"):
+        assert name in text

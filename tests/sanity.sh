@@ -15,8 +15,10 @@ GET_PIP="$HOME/.ansible/test/cache/get_pip_24_2.py"
 mkdir -p "$(dirname "$GET_PIP")"
 cat >"$GET_PIP" <<'PY'
 # Offline stand-in for get-pip.py used by ansible-test: ensurepip, then pip install the args.
-import ensurepip, subprocess, sys
+import ensurepip, os, subprocess, sys
 ensurepip.bootstrap(upgrade=True)
+# ensurepip points PIP_CONFIG_FILE at /dev/null; the pip run below must see the machine's pip config.
+os.environ.pop("PIP_CONFIG_FILE", None)
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 if args:
     subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)

@@ -1,8 +1,9 @@
 # Copyright: gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Validation filters shared by the gpufleet.vllm roles (used by the preflight role)."""
 
 from __future__ import annotations
+
 
 def _describe(rule):
     if rule.get("allowed"):

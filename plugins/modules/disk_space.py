@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ options:
     type: path
     required: true
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: full
+    description: Only reads; check mode returns the same facts.
 """
 
 EXAMPLES = r"""
@@ -46,7 +47,7 @@ used_bytes:
   returned: always
   type: int
 usable_bytes:
-  description: O(free_bytes) plus O(used_bytes).
+  description: RV(free_bytes) plus RV(used_bytes).
   returned: always
   type: int
 """

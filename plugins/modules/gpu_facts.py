@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ options:
     type: path
     default: /proc/driver/nvidia/version
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: full
+    description: Only reads; check mode returns the same facts.
 """
 
 EXAMPLES = r"""

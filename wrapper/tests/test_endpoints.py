@@ -137,10 +137,13 @@ def test_chat_simple_form_streaming(wrapper: Wrapper) -> None:
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "colour": "red"}, "colour"),
+        ({"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]},
+         "messages.0.content"),
     ],
 )
 def test_chat_invalid_body_names_field(wrapper: Wrapper, payload: dict, param: str) -> None:
-    r = httpx.post(wrapper.url + "/chat", json=payload)
+    r = httpx.post(wrapper.url + "/chat", content=json.dumps(payload),  # \u escapes kept
+                   headers={"content-type": "application/json"})
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["param"] == param

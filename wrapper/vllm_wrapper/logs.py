@@ -4,7 +4,6 @@ request metadata: never the body (prompt) nor the API key."""
 from __future__ import annotations
 
 import logging
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +36,7 @@ def log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {
-            "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stdout}
+            "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
         },
         "loggers": {
             "vllm_wrapper": {"handlers": ["stdout"], "level": upper, "propagate": False},

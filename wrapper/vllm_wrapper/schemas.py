@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (lone surrogate escape found)") from None
+        return value
 
 
 class ChatRequest(BaseModel):
@@ -27,6 +36,11 @@ class ChatRequest(BaseModel):
     )
     stream: bool = False
     model: str | None = Field(default=None, description="Defaults to the served model.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_encodable(cls, value: str | None) -> str | None:
+        return None if value is None else ChatMessage._encodable(value)
 
 
 class ErrorDetail(BaseModel):

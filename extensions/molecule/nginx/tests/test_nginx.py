@@ -1,0 +1,277 @@
+"""The nginx role puts an ACME certificate, a path allowlist, rate limits and unbuffered streaming
+in front of the upstream (here fixture-upstream, standing in for vllm-wrapper)."""
+
+import base64
+import json
+import textwrap
+import time
+
+import pytest
+
+testinfra_hosts = ["ansible://all"]
+
+NAME = "gpu01.fleet.test"
+LIVE = f"/etc/letsencrypt/live/{NAME}"
+# curl to the real name, resolved to the test host's loopback, checked against pebble's root.
+CURL = f"curl -sS --max-time 20 --resolve {NAME}:443:127.0.0.1 --resolve {NAME}:80:127.0.0.1"
+
+
+def py(host, code):
+    """Run a Python snippet on the test host and return its JSON output."""
+    script = base64.b64encode(textwrap.dedent(code).encode()).decode()
+    return json.loads(host.check_output(f"echo {script} | base64 -d | python3 -"))
+
+
+# Sends requests over one TLS keepalive connection as fast as it can, so a burst is a burst.
+REQUESTS = """
+import http.client, json, ssl
+def burst(n, path="/v1/models", headers=None):
+    ctx = ssl._create_unverified_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=20)
+    out = []
+    for _ in range(n):
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        out.append([resp.status, resp.read().decode(), resp.getheader("Content-Type")])
+    return out
+"""
+
+
+@pytest.fixture(scope="module")
+def pebble_root(host):
+    """Pebble makes a new root at each start; fetch the one that signed this run's certificate."""
+    path = "/tmp/pebble-root.pem"
+    host.run_expect([0], f"curl -sSf --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0 -o {path}")
+    return path
+
+
+def refill():
+    """Let the per-address bucket (10 r/s, burst 20) fill again before a rate test."""
+    time.sleep(3)
+
+
+@pytest.mark.parametrize("name", ["nginx", "certbot", "libnginx-mod-http-set-misc"])
+def test_packages_installed(host, name):
+    assert host.package(name).is_installed
+
+
+def test_nginx_running_and_enabled(host):
+    service = host.service("nginx")
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_certbot_timer_enabled(host):
+    timer = host.service("certbot.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+
+
+@pytest.mark.parametrize("port", [80, 443])
+def test_ports_listening(host, port):
+    assert host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def test_configuration_passes_nginx_t(host):
+    host.run_expect([0], "nginx -t -q")
+
+
+def test_broken_config_was_not_installed(host):
+    # converge.yml ran the role with a directive nginx rejects; the running config kept its place.
+    assert "gpufleet_no_such_directive" not in host.file("/etc/nginx/nginx.conf").content_string
+
+
+def test_certificate_issued_by_pebble(host):
+    out = host.check_output(f"openssl x509 -in {LIVE}/fullchain.pem -noout -issuer -subject -ext subjectAltName")
+    assert "Pebble Intermediate CA" in out
+    assert f"DNS:{NAME}" in out
+
+
+def test_private_key_mode(host):
+    assert host.check_output(f"stat -L -c %a {LIVE}/privkey.pem") == "600"
+
+
+def test_https_chain_verifies_and_proxies_health(host, pebble_root):
+    out = host.check_output(f"{CURL} --cacert {pebble_root} https://{NAME}/health")
+    body = json.loads(out)
+    assert body["status"] == "ok"
+    assert body["fixture"] == "fixture-upstream"
+    assert body["x_forwarded_proto"] == "https"
+    assert body["x_forwarded_for"] == "127.0.0.1"
+
+
+def test_tls_versions(host):
+    host.run_expect([0], f"echo | openssl s_client -connect 127.0.0.1:443 -servername {NAME} -tls1_3")
+    host.run_expect([0], f"echo | openssl s_client -connect 127.0.0.1:443 -servername {NAME} -tls1_2")
+    assert host.run(f"echo | openssl s_client -connect 127.0.0.1:443 -servername {NAME} -tls1_1").rc != 0
+
+
+def test_http_redirects_to_https(host):
+    out = host.check_output(f"{CURL} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{NAME}/v1/models")
+    assert out == f"301 https://{NAME}/v1/models"
+
+
+def test_acme_challenge_served_on_port_80(host):
+    token = "molecule-probe-token"
+    path = f"/var/www/acme/.well-known/acme-challenge/{token}"
+    host.run_expect([0], f"echo challenge-ok > {path}")
+    try:
+        out = host.check_output(f"{CURL} -w ' %{{http_code}}' http://{NAME}/.well-known/acme-challenge/{token}")
+    finally:
+        host.run(f"rm -f {path}")
+    assert out == "challenge-ok\n 200"
+
+
+@pytest.mark.parametrize("path", ["/admin", "/v1/models/extra", "/healthz", "/v1/audio/speech"])
+def test_paths_outside_the_allowlist_get_404_json(host, path):
+    out = host.check_output(f"{CURL} -k -w '\\n%{{http_code}} %{{content_type}}' https://{NAME}{path}")
+    body, status = out.rsplit("\n", 1)
+    assert status == "404 application/json"
+    assert json.loads(body)["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/ready", "/docs", "/openapi.json"])
+def test_allowlisted_paths_reach_the_upstream(host, path):
+    out = host.check_output(f"{CURL} -k -o /dev/null -w '%{{http_code}}' https://{NAME}{path}")
+    assert out == "200"
+
+
+def test_authorization_reaches_the_upstream(host):
+    out = host.check_output(f"{CURL} -k -H 'Authorization: Bearer sk-molecule-secret' https://{NAME}/v1/models")
+    assert json.loads(out)["authorization_seen"] is True
+
+
+def test_api_key_never_logged(host):
+    host.run_expect([0], f"{CURL} -k -o /dev/null -H 'Authorization: Bearer sk-molecule-secret' https://{NAME}/chat")
+    logs = host.run("cat /var/log/nginx/access.log /var/log/nginx/error.log").stdout
+    assert "/chat" in logs
+    assert "sk-molecule-secret" not in logs
+
+
+def test_metrics_allowed_from_loopback(host):
+    out = host.check_output(f"{CURL} -k https://{NAME}/metrics")
+    assert "fixture_up 1" in out
+
+
+def test_metrics_blocked_for_other_sources(host):
+    # Connecting to the host's own eth0 address makes that address the source, not 127.0.0.1.
+    addr = host.check_output("hostname -I").split()[0]
+    out = host.check_output(f"curl -sS -k -w '\\n%{{http_code}}' --resolve {NAME}:443:{addr} https://{NAME}/metrics")
+    body, status = out.rsplit("\n", 1)
+    assert status == "403"
+    assert json.loads(body)["error"]["type"] == "permission_error"
+
+
+def test_body_size_limit_answers_413_json(host):
+    out = host.check_output(
+        f"head -c 2000000 /dev/zero | {CURL} -k -w '\\n%{{http_code}}' -H 'Content-Type: application/json' "
+        f"--data-binary @- https://{NAME}/v1/chat/completions"
+    )
+    body, status = out.rsplit("\n", 1)
+    assert status == "413"
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_streaming_is_not_buffered(host):
+    # The fixture sends six SSE chunks 0.5 s apart; buffered, they would all arrive at the end.
+    times = py(host, """
+        import http.client, json, ssl, time
+        conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ssl._create_unverified_context(), timeout=20)
+        start = time.monotonic()
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({"stream": True}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        arrivals = []
+        while True:
+            line = resp.readline()
+            if not line:
+                break
+            if line.startswith(b"data:"):
+                arrivals.append(time.monotonic() - start)
+        print(json.dumps({"status": resp.status, "type": resp.getheader("Content-Type"), "arrivals": arrivals}))
+    """)
+    assert times["status"] == 200
+    assert times["type"].startswith("text/event-stream")
+    arrivals = times["arrivals"]
+    assert len(arrivals) == 7  # six events and [DONE]
+    assert arrivals[0] < 1.0
+    assert arrivals[-1] - arrivals[0] > 2.0
+
+
+def test_upstream_down_answers_503_json(host):
+    host.run_expect([0], "systemctl stop fixture-upstream")
+    try:
+        out = host.check_output(f"{CURL} -k -w '\\n%{{http_code}}' https://{NAME}/health")
+    finally:
+        host.run_expect([0], "systemctl start fixture-upstream")
+        host.run_expect([0], "timeout 10 sh -c 'until curl -sf http://127.0.0.1:8001/health >/dev/null; do sleep 0.2; done'")
+    body, status = out.rsplit("\n", 1)
+    assert status == "503"
+    assert json.loads(body)["error"]["type"] == "service_unavailable"
+
+
+def test_renewal_deploy_hook_reloads_nginx(host):
+    env = host.check_output("systemctl show certbot.service -p Environment")
+    assert env == "Environment=REQUESTS_CA_BUNDLE=/etc/pebble/ca.pem"
+    serial_cmd = f"echo | openssl s_client -connect 127.0.0.1:443 -servername {NAME} 2>/dev/null | openssl x509 -noout -serial"
+    before = host.check_output(serial_cmd)
+    out = host.check_output(
+        "REQUESTS_CA_BUNDLE=/etc/pebble/ca.pem certbot renew --force-renewal --no-random-sleep-on-renew 2>&1"
+    )
+    assert "50-gpufleet-reload-nginx" in out
+    after = before
+    for _ in range(20):
+        after = host.check_output(serial_cmd)
+        if after != before:
+            break
+        time.sleep(0.5)
+    assert after != before
+
+
+def test_rate_limit_per_address_answers_429_json(host):
+    refill()
+    results = py(host, REQUESTS + "print(json.dumps(burst(40)))")
+    statuses = [r[0] for r in results]
+    assert statuses[:21] == [200] * 21  # the first request and a burst of 20
+    assert 21 <= statuses.count(200) <= 30
+    assert statuses.count(429) >= 10
+    limited = next(r for r in results if r[0] == 429)
+    assert limited[2] == "application/json"
+    error = json.loads(limited[1])["error"]
+    assert error["type"] == "rate_limit_exceeded"
+    assert error["param"] is None
+
+
+def test_rate_limit_per_api_key(host):
+    # converge sets 2 r/s, burst 5 per key: key A runs out while key B and the address still have room.
+    refill()
+    results = py(host, REQUESTS + """
+a = burst(12, headers={"Authorization": "Bearer key-a"})
+b = burst(3, headers={"Authorization": "Bearer key-b"})
+print(json.dumps({"a": [r[0] for r in a], "b": [r[0] for r in b]}))
+""")
+    assert results["a"][:6] == [200] * 6
+    assert results["a"].count(429) >= 4
+    assert results["b"] == [200, 200, 200]
+
+
+def test_concurrent_streams_limited_per_address(host):
+    # converge sets nginx_limit_conn 4: of six streams opened at once, two are refused.
+    refill()
+    statuses = py(host, """
+        import http.client, json, ssl, threading
+        statuses = []
+        def stream():
+            conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ssl._create_unverified_context(), timeout=20)
+            conn.request("POST", "/chat", body=json.dumps({"stream": True}), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+        threads = [threading.Thread(target=stream) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(json.dumps(sorted(statuses)))
+    """)
+    assert statuses == [200, 200, 200, 200, 429, 429]

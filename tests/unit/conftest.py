@@ -31,3 +31,13 @@ def gpu_facts():
 @pytest.fixture(scope="session")
 def disk_space():
     return _load("plugins/modules/disk_space.py")
+
+
+@pytest.fixture(scope="session")
+def vllm_filters():
+    return _load("plugins/filter/vllm.py")
+
+
+@pytest.fixture(scope="session")
+def vllm_status():
+    return _load("plugins/modules/vllm_status.py")

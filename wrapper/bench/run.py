@@ -103,6 +103,8 @@ def main() -> int:
     ap.add_argument("--soak", type=float, default=0.0,
                     help="seconds of extra soak through the wrapper (c=32) with RSS samples")
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
+    ap.add_argument("--litellm", default=os.path.join(
+        os.environ.get("GPUFLEET_CACHE", "/var/cache/gpufleet"), "litellm-venv", "bin", "litellm"))
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="wrapper-bench-"))
@@ -135,8 +137,7 @@ def main() -> int:
                 f"general_settings:\n  master_key: {KEY}\n"
                 "litellm_settings:\n  set_verbose: false\n  telemetry: false\n"
             )
-            litellm = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
-            lp = start([*pin("1"), litellm, "--config", str(cfg), "--host", "127.0.0.1",
+            lp = start([*pin("1"), args.litellm, "--config", str(cfg), "--host", "127.0.0.1",
                         "--port", str(lite_port), "--num_workers", "1"], {
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
                 "LITELLM_TELEMETRY": "False", "NO_DOCS": "True",

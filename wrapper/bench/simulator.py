@@ -23,8 +23,7 @@ class Sim(asyncio.Protocol):
     tokens = 16
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buf = b""
         self.busy = False
         self.closed = False

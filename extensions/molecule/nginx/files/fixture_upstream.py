@@ -16,6 +16,9 @@ STREAM_GAP = 0.5
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keepalive, as nginx's upstream keepalive expects
+    # Headers and body go out in separate writes; without TCP_NODELAY each response waits ~40 ms
+    # for a delayed ACK, too slow for the rate-limit tests' bursts.
+    disable_nagle_algorithm = True
 
     def _send(self, status, body, content_type="application/json"):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -47,8 +47,9 @@ def pebble_root(host):
 
 @pytest.fixture(scope="module")
 def mode(host):
-    """TLS mode of this test host (converge.yml: nginx-selfsigned is selfsigned, the others acme)."""
-    return "selfsigned" if host.ansible.get_variables()["inventory_hostname"] == "nginx-selfsigned" else "acme"
+    """TLS mode of this test host, as converge.yml sets it."""
+    modes = {"nginx-selfsigned": "selfsigned", "nginx-provided": "provided"}
+    return modes.get(host.ansible.get_variables()["inventory_hostname"], "acme")
 
 
 @pytest.fixture()
@@ -63,7 +64,8 @@ def refill():
 
 
 def test_packages_installed(host, mode):
-    wanted = ["nginx", "libnginx-mod-http-set-misc"] + (["certbot"] if mode == "acme" else ["python3-cryptography"])
+    extra = {"acme": ["certbot"], "selfsigned": ["python3-cryptography"], "provided": []}
+    wanted = ["nginx", "libnginx-mod-http-set-misc"] + extra[mode]
     for name in wanted:
         assert host.package(name).is_installed, name
 
@@ -119,6 +121,15 @@ def test_selfsigned_certificate(host, mode):
     assert json.loads(out)["status"] == "ok"
 
 
+def test_provided_certificate(host, mode):
+    if mode != "provided":
+        pytest.skip("provided mode only")
+    assert host.file(f"/etc/nginx/tls/{NAME}.crt").content == host.file("/etc/fixture-internal-ca/site.crt").content
+    # the chain served verifies against the internal CA that signed the provided certificate
+    out = host.check_output(f"{CURL} --cacert /etc/fixture-internal-ca/ca.pem https://{NAME}/health")
+    assert json.loads(out)["status"] == "ok"
+
+
 def test_https_chain_verifies_and_proxies_health(host, acme, pebble_root):
     out = host.check_output(f"{CURL} --cacert {pebble_root} https://{NAME}/health")
     body = json.loads(out)
@@ -135,8 +146,16 @@ def test_tls_versions(host):
 
 
 def test_http_redirects_to_https(host):
-    out = host.check_output(f"{CURL} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{NAME}/v1/models")
-    assert out == f"301 https://{NAME}/v1/models"
+    # 308 keeps the method and body: a POST sent to http:// is repeated as a POST.
+    out = host.check_output(
+        f"{CURL} -k -L -H 'Content-Type: application/json' -d '{{}}' -w '\\n%{{http_code}} %{{num_redirects}} %{{url_effective}}' "
+        f"http://{NAME}/v1/chat/completions"
+    )
+    body, status = out.rsplit("\n", 1)
+    assert status == f"200 1 https://{NAME}/v1/chat/completions"
+    assert json.loads(body)["object"] == "chat.completion"
+    first = host.check_output(f"{CURL} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{NAME}/v1/models")
+    assert first == f"308 https://{NAME}/v1/models"
 
 
 def test_acme_challenge_served_on_port_80(host, acme):

@@ -105,7 +105,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--litellm", default=os.path.join(
         os.environ.get("GPUFLEET_CACHE", "/var/cache/gpufleet"), "litellm-venv", "bin", "litellm"))
+    ap.add_argument("--table-from", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args()
+    if args.table_from:
+        print(table(json.loads(Path(args.table_from).read_text())["results"]))
+        return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="wrapper-bench-"))
     procs: list[subprocess.Popen] = []

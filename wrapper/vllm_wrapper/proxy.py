@@ -170,6 +170,15 @@ class ProxyResponse(Response):
             resp = await upstream.session.request(
                 self.method, url, data=self.body, headers=upstream.headers(self.info.request_id)
             )
+        except aiohttp.ConnectionTimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("connect").inc()
+            await self._send_error(
+                send, 503,
+                f"upstream (vLLM) did not accept a connection within "
+                f"{upstream.settings.upstream_connect_timeout} s",
+                "upstream_unavailable", retry_after=True,
+            )
+            return
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             await self._send_error(

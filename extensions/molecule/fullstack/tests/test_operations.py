@@ -1,0 +1,70 @@
+"""The operations playbooks, run from the controller against the deployed test host."""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[4]
+SECRETS = pathlib.Path(__file__).resolve().parents[1].joinpath("secrets").read_text().split()
+
+
+def playbook(name, *extra):
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    result = subprocess.run(
+        ["ansible-playbook", "-i", inventory, str(ROOT / "playbooks" / name), *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    for secret in SECRETS:
+        assert secret not in output, f"{name} printed a secret"
+    return result.returncode, output
+
+
+def test_health_check_reports_the_host_healthy():
+    rc, out = playbook("health_check.yml")
+    assert rc == 0, out
+    assert "fullstack-bookworm" in out and " OK " in out
+    assert "All 1 host(s) healthy" in out
+
+
+def test_smoke_test_through_the_wrapper():
+    rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper")
+    assert rc == 0, out
+    assert "fullstack-bookworm: PASS in" in out
+
+
+@pytest.mark.parametrize("service", ["vllm", "wrapper"])
+def test_logs_of_one_service(service):
+    rc, out = playbook("logs.yml", "-e", f"logs_service={service}", "-e", "logs_lines=5")
+    assert rc == 0, out
+    assert f"(item={service})" in out
+
+
+def test_logs_rejects_an_unknown_service():
+    rc, out = playbook("logs.yml", "-e", "logs_service=postgres")
+    assert rc != 0
+    assert "logs_service=postgres is not allowed" in out
+
+
+def test_stop_then_health_check_fails_then_start_recovers():
+    rc, out = playbook("stop.yml")
+    assert rc == 0, out
+    rc, out = playbook("health_check.yml")
+    assert rc != 0
+    assert "Unhealthy: fullstack-bookworm" in out
+    rc, out = playbook("start.yml")
+    assert rc == 0, out
+    rc, out = playbook("health_check.yml")
+    assert rc == 0, out
+
+
+def test_restart_comes_back_ready():
+    rc, out = playbook("restart.yml")
+    assert rc == 0, out
+    rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper")
+    assert rc == 0, out

@@ -136,6 +136,8 @@ def test_chat_simple_form_streaming(wrapper: Wrapper) -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+        # found by schemathesis: beyond 64 bits it used to crash the JSON encoder
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2**70}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "colour": "red"}, "colour"),
         ({"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]},
          "messages.0.content"),

@@ -112,7 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             else payload.temperature),
             "stream": payload.stream,
         }
-        return ProxyResponse(upstream, "POST", "/v1/chat/completions", orjson.dumps(body), info)
+        try:
+            encoded = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            return error_response(400, f"request cannot be encoded as JSON: {exc}",
+                                  code="invalid_value", param="body")
+        return ProxyResponse(upstream, "POST", "/v1/chat/completions", encoded, info)
 
     def passthrough_post(path: str) -> None:
         async def endpoint(request: Request) -> Response:

@@ -29,7 +29,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(
-        default=None, ge=1, description="Defaults to VLLM_DEFAULT_MAX_TOKENS."
+        default=None, ge=1, le=2**31 - 1, description="Defaults to VLLM_DEFAULT_MAX_TOKENS."
     )
     temperature: float | None = Field(
         default=None, ge=0.0, le=2.0, description="Defaults to VLLM_DEFAULT_TEMPERATURE."

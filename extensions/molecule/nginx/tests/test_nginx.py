@@ -102,6 +102,13 @@ def test_certificate_issued_by_pebble(host, acme):
     assert f"DNS:{NAME}" in out
 
 
+def test_pebble_really_validated_over_http(host, acme):
+    # Real http-01: pebble fetched the token certbot put in the webroot, through nginx on port 80.
+    log = host.file("/var/log/nginx/access.log").content_string
+    fetched = [line for line in log.splitlines() if '"GET /.well-known/acme-challenge/' in line]
+    assert any(" 200 " in line and "molecule-probe-token" not in line for line in fetched), fetched
+
+
 def test_private_key_mode(host, mode):
     key = f"{LIVE}/privkey.pem" if mode == "acme" else f"/etc/nginx/tls/{NAME}.key"
     assert host.check_output(f"stat -L -c %a {key}") == "600"

@@ -169,10 +169,14 @@ def main() -> int:
             url, pid, model = targets["wrapper"]
             samples = [(0.0, tree_cpu_rss(pid)[1] / 2**20)]
             t_start = time.monotonic()
+            requests = errors = 0
             while time.monotonic() - t_start < args.soak:
-                loadgen(url, 32, len(samples) % 2 == 0, min(30.0, args.soak), 0.0, model)
+                r = loadgen(url, 32, len(samples) % 2 == 0, min(30.0, args.soak), 0.0, model)
+                requests += r["requests"]
+                errors += r["errors"]
                 samples.append((time.monotonic() - t_start, tree_cpu_rss(pid)[1] / 2**20))
-            soak = {"seconds": args.soak, "rss_mb_samples": samples}
+            soak = {"seconds": args.soak, "rss_mb_samples": samples, "requests": requests,
+                    "errors": errors}
             print(json.dumps({"soak": soak}), flush=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

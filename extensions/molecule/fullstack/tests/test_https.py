@@ -62,8 +62,8 @@ def test_http_redirects_to_https(host):
 def test_rate_limit_answers_openai_shaped_429(host):
     # 60 requests as fast as curl sends them, to this host only; the guide's limit is 10 r/s, burst 20.
     out = host.check_output(
-        f"curl -s --cacert {ROOT_CA} -H 'Authorization: Bearer {KEY}' -o /dev/null -w '%{{http_code}}\\n' "
-        + " ".join([f"https://{NAME}/health"] * 60)
+        f"curl -s --cacert {ROOT_CA} -H 'Authorization: Bearer {KEY}' -w '%{{http_code}}\\n' "
+        + " ".join([f"-o /dev/null https://{NAME}/health"] * 60)
     )
     codes = out.split()
     assert "429" in codes and "200" in codes, codes

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """TEST FIXTURE standing in for vllm-wrapper on 127.0.0.1:8001 in the nginx Molecule scenario.
 
 Answers the wrapper's public paths with small JSON bodies; POST with {"stream": true} answers

@@ -275,7 +275,7 @@ def test_renewal_deploy_hook_reloads_nginx(host, acme):
     )
     assert "all renewals succeeded" in out
     after = before
-    for _ in range(20):
+    for _attempt in range(20):
         after = host.check_output(serial_cmd)
         if after != before:
             break

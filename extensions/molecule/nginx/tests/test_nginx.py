@@ -100,6 +100,12 @@ def test_certificate_issued_by_pebble(host, acme):
     out = host.check_output(f"openssl x509 -in {LIVE}/fullchain.pem -noout -issuer -subject -ext subjectAltName")
     assert "Pebble Intermediate CA" in out
     assert f"DNS:{NAME}" in out
+    # nginx serves the lineage's current certificate (reloaded after certbot replaced it)
+    on_disk = host.check_output(f"openssl x509 -in {LIVE}/cert.pem -noout -serial")
+    served = host.check_output(
+        f"echo | openssl s_client -connect 127.0.0.1:443 -servername {NAME} 2>/dev/null | openssl x509 -noout -serial"
+    )
+    assert served == on_disk
 
 
 def test_pebble_really_validated_over_http(host, acme):
@@ -107,6 +113,13 @@ def test_pebble_really_validated_over_http(host, acme):
     log = host.file("/var/log/nginx/access.log").content_string
     fetched = [line for line in log.splitlines() if '"GET /.well-known/acme-challenge/' in line]
     assert any(" 200 " in line and "molecule-probe-token" not in line for line in fetched), fetched
+
+
+def test_lineage_renews_from_the_configured_server_with_webroot(host, acme):
+    # On nginx-trixie prepare.yml made the lineage with another server URL and --standalone.
+    conf = host.file(f"/etc/letsencrypt/renewal/{NAME}.conf").content_string
+    assert "server = https://127.0.0.1:14000/dir" in conf.splitlines()
+    assert "authenticator = webroot" in conf.splitlines()
 
 
 def test_private_key_mode(host, mode):

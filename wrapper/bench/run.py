@@ -105,6 +105,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--litellm", default=os.path.join(
         os.environ.get("GPUFLEET_CACHE", "/var/cache/gpufleet"), "litellm-venv", "bin", "litellm"))
+    ap.add_argument("--wrapper-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the wrapper (repeatable)")
     ap.add_argument("--table-from", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args()
     if args.table_from:
@@ -129,6 +131,7 @@ def main() -> int:
                 "PYTHONPATH": str(WRAPPER_DIR), "VLLM_UPSTREAM_URL": sim_url,
                 "VLLM_WRAPPER_PORT": str(wrap_port), "VLLM_WRAPPER_HOST": "127.0.0.1",
                 "VLLM_WRAPPER_API_KEY": KEY, "VLLM_WRAPPER_WORKERS": "1",
+                **dict(kv.split("=", 1) for kv in args.wrapper_env),
             }, tmp / "wrapper.log")
             procs.append(w)
             wait_ready(f"http://127.0.0.1:{wrap_port}/health", w, 60)

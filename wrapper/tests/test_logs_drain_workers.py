@@ -61,8 +61,7 @@ def test_graceful_drain_on_sigterm(start_wrapper, vllm_url: str) -> None:
 
     t = threading.Thread(target=stream)
     t.start()
-    assert wait_until(lambda: '"stream":' in w.logs() or "status" in result, 0.5) or True
-    time.sleep(0.3)
+    assert wait_until(lambda: "status" in result, 10), "stream did not start"
     w.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     assert w.proc.poll() is None, "wrapper exited while a stream was in flight"
@@ -89,12 +88,10 @@ def test_several_workers_share_metrics_and_reload_keys(start_wrapper, vllm_url: 
     for _ in range(n):  # a new connection each time, so both workers take some
         assert httpx.get(w.url + "/v1/models", headers={"Authorization": "Bearer key-one"}
                          ).status_code == 200
-    pids = set()
-    for _ in range(3):
+    for _ in range(3):  # whichever worker answers /metrics, it reports both workers' counts
         text = httpx.get(w.url + "/metrics").text
         assert metric_value(text, "vllm_wrapper_requests_total", route="/v1/models",
                             key="ops") == n
-        pids.add(text)
     keys.write_text(f"dev:{hash_key('key-two')}\n")
     future = time.time() + 2
     os.utime(keys, (future, future))

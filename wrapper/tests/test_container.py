@@ -37,6 +37,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     reason = _docker_ok()
     if reason:
         pytest.skip(reason)
+    present = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True)
+    assert present.returncode == 0, (
+        f"base image {BASE_IMAGE} is not in the local Docker engine and no registry is reachable: "
+        "build it first (the repo's test harness does) or set WRAPPER_TEST_BASE_IMAGE"
+    )
     context = tmp_path_factory.mktemp("ctx")
     for name in ("Dockerfile", "requirements.txt", ".dockerignore"):
         shutil.copy(WRAPPER_DIR / name, context / name)

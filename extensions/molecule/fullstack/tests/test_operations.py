@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+testinfra_hosts = ["ansible://all"]
+
 ROOT = pathlib.Path(__file__).resolve().parents[4]
 SECRETS = pathlib.Path(__file__).resolve().parents[1].joinpath("secrets").read_text().split()
 
@@ -51,7 +53,8 @@ def test_logs_rejects_an_unknown_service():
     assert "logs_service=postgres is not allowed" in out
 
 
-def test_stop_then_health_check_fails_then_start_recovers():
+def test_stop_then_health_check_fails_then_start_recovers(host):
+    before = container_ids(host)
     rc, out = playbook("stop.yml")
     assert rc == 0, out
     rc, out = playbook("health_check.yml")
@@ -59,12 +62,26 @@ def test_stop_then_health_check_fails_then_start_recovers():
     assert "Unhealthy: fullstack-bookworm" in out
     rc, out = playbook("start.yml")
     assert rc == 0, out
+    assert container_ids(host) == before
     rc, out = playbook("health_check.yml")
     assert rc == 0, out
 
 
-def test_restart_comes_back_ready():
+def container_ids(host):
+    return host.check_output("docker ps -aq --no-trunc --filter name=vllm- | sort")
+
+
+def test_restart_comes_back_ready_with_the_same_containers(host):
+    before = container_ids(host)
     rc, out = playbook("restart.yml")
     assert rc == 0, out
-    rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper")
+    assert container_ids(host) == before  # restarted, not re-created with other settings
+    assert host.socket("tcp://127.0.0.1:8001").is_listening
+    assert not host.socket("tcp://0.0.0.0:8001").is_listening
+
+
+def test_smoke_test_through_nginx_with_verified_tls(host):
+    host.run_expect([0], "test -s /tmp/pebble-root.pem || curl -sk https://127.0.0.1:15000/roots/0 -o /tmp/pebble-root.pem")
+    rc, out = playbook("smoke_test.yml", "-e", "smoke_test_ca_file=/tmp/pebble-root.pem")
     assert rc == 0, out
+    assert "fullstack-bookworm: PASS in" in out

@@ -128,6 +128,9 @@ class ProxyResponse(Response):
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            relay.cancel()
+            raise
         finally:
             if not watcher.done():
                 watcher.cancel()

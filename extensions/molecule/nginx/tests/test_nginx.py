@@ -32,7 +32,8 @@ def burst(n, path="/v1/models", headers=None):
     for _ in range(n):
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
-        out.append([resp.status, resp.read().decode(), resp.getheader("Content-Type")])
+        out.append([resp.status, resp.read().decode(), resp.getheader("Content-Type"),
+                    resp.getheader("Strict-Transport-Security"), resp.getheader("Retry-After")])
     return out
 """
 
@@ -305,9 +306,19 @@ def test_rate_limit_per_address_answers_429_json(host):
     assert statuses.count(429) >= 10
     limited = next(r for r in results if r[0] == 429)
     assert limited[2] == "application/json"
+    assert limited[4] == "1"  # Retry-After
     error = json.loads(limited[1])["error"]
     assert error["type"] == "rate_limit_exceeded"
     assert error["param"] is None
+
+
+def test_hsts_only_when_enabled(host, mode):
+    # converge enables HSTS on nginx-selfsigned only; the 429 location repeats it (own add_header).
+    refill()
+    results = py(host, REQUESTS + "print(json.dumps(burst(25, path='/health') + burst(1, path='/nope')))")
+    assert {r[0] for r in results} == {200, 404, 429}
+    expected = "max-age=31536000" if mode == "selfsigned" else None
+    assert {r[3] for r in results} == {expected}
 
 
 def test_rate_limit_per_api_key(host):

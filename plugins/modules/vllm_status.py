@@ -60,17 +60,17 @@ restart_count:
 """
 
 import json
-import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 
 def health_ok(url, timeout):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        response = open_url(url, timeout=timeout, validate_certs=False)
+        return response.getcode() == 200
+    except Exception:  # pylint: disable=broad-exception-caught
+        # Refused, reset, timed out or an HTTP error status: not ready yet.
         return False
 
 
@@ -95,7 +95,7 @@ def main():
     if rc != 0:
         state, restart_count = "missing", 0
     else:
-        state_json, _, count = out.strip().rpartition(" ")
+        state_json, dummy, count = out.strip().rpartition(" ")
         state = json.loads(state_json).get("Status", "unknown")
         restart_count = int(count or 0)
     healthy = state == "running" and health_ok(module.params["url"], module.params["timeout"])

@@ -19,7 +19,7 @@ def curl(host, path, *args, key=KEY):
 
 
 def body_and_status(result):
-    body, _, status = result.stdout.rpartition("\n")
+    body, status = result.stdout.rsplit("\n", 1)
     return body, int(status)
 
 

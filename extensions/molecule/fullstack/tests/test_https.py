@@ -14,7 +14,7 @@ def https(host, path, *args, key=KEY):
     auth = f"-H 'Authorization: Bearer {key}'" if key else ""
     result = host.run(f"curl -sS --cacert {ROOT_CA} -w '\\n%{{http_code}}' {auth} {' '.join(args)} https://{NAME}{path}")
     assert result.rc == 0, result.stderr
-    body, _, status = result.stdout.rpartition("\n")
+    body, status = result.stdout.rsplit("\n", 1)
     return body, int(status)
 
 

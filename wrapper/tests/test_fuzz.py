@@ -19,7 +19,9 @@ def test_schemathesis_no_server_errors(auth_wrapper: Wrapper, tmp_path: Path) ->
         "--checks", "not_a_server_error",
         "--max-examples", os.environ.get("WRAPPER_FUZZ_EXAMPLES", "30"),
         "--max-time", os.environ.get("WRAPPER_FUZZ_MAX_TIME", "150"),
-        "--workers", "2",
+        # One worker: with two threads CPython 3.11 sometimes fails inside schemathesis with
+        # "SystemError: AST constructor recursion depth mismatch" (an interpreter error, not ours).
+        "--workers", "1",
         "--seed", "20261124",
         "--request-timeout", "60",
         "--generation-database", "none",
@@ -29,5 +31,8 @@ def test_schemathesis_no_server_errors(auth_wrapper: Wrapper, tmp_path: Path) ->
         "--report", "junit", "--report-dir", str(tmp_path),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    if result.returncode != 0 and "Server error" not in result.stdout and "SystemError" in result.stdout:
+        # The tool itself crashed (no finding about our server): run it once more.
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     print(result.stdout[-6000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -1,8 +1,13 @@
 """The docker role leaves a running engine that runs containers with rotated logs."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from images import busybox_image  # noqa: E402
 
 testinfra_hosts = ["ansible://all"]
 
@@ -50,17 +55,10 @@ def test_user_in_docker_group(host):
     assert "docker" in host.user("gpuops").groups
 
 
-@pytest.fixture(scope="module")
-def busybox_image(host):
+@pytest.fixture(scope="module", name="busybox_image")
+def fixture_busybox_image(host):
     """An image made inside the test host (no registry here) from the static busybox."""
-    host.run_expect([0], "apt-get install -y -qq busybox-static >/dev/null")
-    host.run_expect(
-        [0],
-        "set -e; d=$(mktemp -d); cp /bin/busybox $d/busybox; "
-        "tar -C $d -c busybox | docker import -c 'CMD [\"/busybox\",\"sh\"]' - molecule/busybox:test >/dev/null; "
-        "rm -rf $d",
-    )
-    return "molecule/busybox:test"
+    return busybox_image(host)
 
 
 def test_engine_runs_a_container_with_rotated_logs(host, busybox_image):

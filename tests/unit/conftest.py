@@ -41,3 +41,8 @@ def vllm_filters():
 @pytest.fixture(scope="session")
 def vllm_status():
     return _load("plugins/modules/vllm_status.py")
+
+
+@pytest.fixture(scope="session")
+def fleet_filters():
+    return _load("plugins/filter/fleet.py")

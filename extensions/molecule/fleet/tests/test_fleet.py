@@ -1,0 +1,157 @@
+"""The fleet behind its load balancer: balancing, client addresses, metrics access, an unreachable
+host, and rolling updates under load (one that fails and stops, one that succeeds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import pytest
+import testinfra
+
+from loadgen import LoadGenerator
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[3]
+SECRETS = HERE.parent.joinpath("secrets").read_text().split()
+API_KEY = SECRETS[1]
+GPUS = ["fleet-gpu01", "fleet-gpu02", "fleet-gpu03"]
+LB = "fleet-lb01"
+MODEL = "tiny-llama"
+IMAGE = "gpufleet-test/vllm-cpu:0.32.0"
+NEW_IMAGE = "gpufleet-test/vllm-cpu:0.32.0-r2"
+
+
+def node(name):
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, os.environ["MOLECULE_INVENTORY_FILE"]))
+
+
+def address(container):
+    networks = json.loads(
+        subprocess.check_output(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container], text=True)
+    )
+    network = next(iter(networks.values()))
+    return network["IPAddress"], network["Gateway"]
+
+
+def playbook(name, *extra):
+    result = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(ROOT / "playbooks" / name), *extra],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    for secret in SECRETS:
+        assert secret not in output, "%s printed a secret" % name
+    return result.returncode, output
+
+
+def lb_url():
+    return "https://%s" % address(LB)[0]
+
+
+def backend_files():
+    return {
+        gpu: node(LB).file("/etc/nginx/gpufleet-backends/%s.conf" % gpu).content_string for gpu in GPUS
+    }
+
+
+def vllm_image(gpu):
+    return node(gpu).check_output("docker inspect -f '{{.Config.Image}}' vllm-server")
+
+
+def test_load_balancer_lists_every_backend_and_its_config_is_valid():
+    files = backend_files()
+    for gpu in GPUS:
+        ip = address(gpu)[0]
+        assert "server %s:443 max_fails=2 fail_timeout=10s;" % ip in files[gpu]
+    assert node(LB).run("nginx -t").rc == 0
+    assert node(LB).service("nginx").is_running
+
+
+def test_requests_are_spread_over_every_backend():
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=1)
+    load.started = 0.0
+    seen = set()
+    for stream in [False, True] * 6:
+        status, complete, backend, _ = load.request(stream)
+        assert status == 200 and complete
+        seen.add(backend.split(":")[0])
+    assert seen == {address(gpu)[0] for gpu in GPUS}
+
+
+def test_backends_count_the_real_client_not_the_load_balancer():
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=1)
+    for _ in range(3):
+        load.request(False)
+    client = address(LB)[1]  # this test runs on the Docker host: the network's gateway
+    lines = [node(gpu).check_output("tail -n 1 /var/log/nginx/access.log") for gpu in GPUS]
+    assert any(line.startswith(client + " ") for line in lines), lines
+    assert not any(line.startswith(address(LB)[0] + " ") for line in lines), lines
+
+
+def test_host_metrics_are_not_reachable_from_other_hosts():
+    gpu = GPUS[0]
+    url = "https://%s/metrics/vllm" % address(gpu)[0]
+    assert node(LB).check_output("curl -sk -o /dev/null -w '%%{http_code}' %s", url) == "403"
+    local = node(gpu).check_output("curl -sk https://127.0.0.1/metrics/vllm")
+    assert "vllm:num_requests_running" in local
+
+
+def test_an_unreachable_host_does_not_stop_the_others():
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as extra:
+        extra.write("gpu_servers:\n  hosts:\n    fleet-gone:\n      ansible_connection: community.docker.docker\n")
+    rc, out = playbook("health_check.yml", "-i", extra.name)
+    os.unlink(extra.name)
+    assert rc != 0
+    assert "fleet-gone" in out and "UNREACHABLE" in out
+    for gpu in GPUS:
+        assert "%s" % gpu in out
+    assert "Unhealthy: fleet-gone" in out
+
+
+def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving():
+    before = {gpu: node(gpu).check_output("docker ps -q --no-trunc -f name=vllm-server") for gpu in GPUS}
+    load = LoadGenerator(lb_url(), API_KEY, MODEL)
+    load.start()
+    try:
+        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=gpufleet-test/vllm-cpu:no-such-tag")
+    finally:
+        load.stop()
+    print(load.report())
+    assert rc != 0, out
+    assert "fleet-gpu01" in out and "no-such-tag" in out
+    files = backend_files()
+    assert files[GPUS[0]].rstrip().endswith(" down;"), "the failed host must stay out of the load balancer"
+    for gpu in GPUS[1:]:
+        assert not files[gpu].rstrip().endswith(" down;")
+        assert node(gpu).check_output("docker ps -q --no-trunc -f name=vllm-server") == before[gpu]
+    assert not load.failures, load.report()
+    assert load.ok > 0
+
+
+def test_rolling_update_under_load_has_zero_failed_requests():
+    # A really different image (a new ID) built from the one the hosts have, as a release would be.
+    for gpu in GPUS:
+        node(gpu).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
+    load = LoadGenerator(lb_url(), API_KEY, MODEL)
+    load.start()
+    try:
+        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=" + NEW_IMAGE)
+    finally:
+        load.stop()
+    report = load.report()
+    print(report)
+    pathlib.Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp"), "rolling-update-report.txt").write_text(report)
+    assert rc == 0, out[-4000:]
+    for gpu in GPUS:
+        assert vllm_image(gpu) == NEW_IMAGE
+    assert not any(text.rstrip().endswith(" down;") for text in backend_files().values())
+    assert not load.failures, report
+    # Traffic ran through the whole rollout, not only around it.
+    assert load.ok >= 30, report

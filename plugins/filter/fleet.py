@@ -1,0 +1,82 @@
+# Copyright: gpufleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Addresses by which fleet hosts reach each other (load balancer backends, metrics allowlists)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ansible.errors import AnsibleFilterError
+from ansible.utils.display import Display
+
+
+def _is_ip(value):
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def fleet_address(host, hostvars):
+    """The address other fleet hosts use for HOST.
+
+    In order: its `fleet_address` variable, its default IPv4 address from gathered facts,
+    its `ansible_host` when that is an IP address. Anything else is an error that names the host,
+    because a silently missing address would leave an allowlist or a backend list short.
+    """
+    host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
+    if host_vars is None:
+        raise AnsibleFilterError("fleet_address: host %r is not in the inventory" % host)
+    explicit = host_vars.get("fleet_address")
+    if explicit:
+        return str(explicit)
+    facts = host_vars.get("ansible_facts") or {}
+    default_ipv4 = facts.get("default_ipv4") or {}
+    if default_ipv4.get("address"):
+        return str(default_ipv4["address"])
+    if _is_ip(host_vars.get("ansible_host", "")):
+        return str(host_vars["ansible_host"])
+    raise AnsibleFilterError(
+        "fleet_address: no address known for host %r: set fleet_address for it in the inventory, "
+        "or gather its facts in the same run (is it unreachable?)" % host
+    )
+
+
+def fleet_addresses(hosts, hostvars, strict=False):
+    """fleet_address of every host in HOSTS, in order, without duplicates.
+
+    Not strict (the default), a host without a known address (unreachable in this run and without
+    cached facts) is left out with a warning, so one host that is down does not stop the others'
+    configuration; its address comes back on the next run that reaches it.
+    """
+    result = []
+    for host in hosts or []:
+        try:
+            address = fleet_address(host, hostvars)
+        except AnsibleFilterError as error:
+            if strict:
+                raise
+            Display().warning("%s; left out of this list" % error)
+            continue
+        if address not in result:
+            result.append(address)
+    return result
+
+
+def fleet_backends(hosts, hostvars, port_var="nginx_https_port", default_port=443):
+    """Backends for a load balancer: host, address and port of every host in HOSTS whose address
+    is known (others are left out with a warning, see fleet_addresses)."""
+    backends = []
+    for host in hosts or []:
+        addresses = fleet_addresses([host], hostvars)
+        if not addresses:
+            continue
+        port = hostvars[host].get(port_var, default_port)
+        backends.append({"host": host, "address": addresses[0], "port": int(port)})
+    return backends
+
+
+class FilterModule:
+    def filters(self):
+        return {"fleet_address": fleet_address, "fleet_addresses": fleet_addresses, "fleet_backends": fleet_backends}

@@ -1,30 +1,20 @@
 """The operations playbooks, run from the controller against the deployed test host."""
 
-import os
 import pathlib
-import subprocess
+import sys
 
 import pytest
 
-testinfra_hosts = ["ansible://all"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from playbooks import run_playbook  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[4]
+testinfra_hosts = ["ansible://gpu_servers"]
+
 SECRETS = pathlib.Path(__file__).resolve().parents[1].joinpath("secrets").read_text().split()
 
 
 def playbook(name, *extra):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    result = subprocess.run(
-        ["ansible-playbook", "-i", inventory, str(ROOT / "playbooks" / name), *extra],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    for secret in SECRETS:
-        assert secret not in output, f"{name} printed a secret"
-    return result.returncode, output
+    return run_playbook(name, SECRETS, *extra, timeout=900)
 
 
 def test_health_check_reports_the_host_healthy():

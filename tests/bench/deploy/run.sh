@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Deploy speed benchmark (issue #6): how long site.yml takes on 1, 5 and 10 test hosts, for the
+# first converge and for a no-change re-run, with pipelining and fact caching on.
+#
+#   tests/bench/deploy/run.sh            as root, from the repository root: N = 1 5 10
+#   tests/bench/deploy/run.sh 1 3        other host counts (1 to 99)
+#
+# For each N: start N systemd test hosts (Docker containers gpufleet-bench-NN from
+# gpufleet-base:bookworm, with the fullstack Molecule scenario's container settings), write an
+# inventory (group gpu_servers, community.docker.docker connection, the local demo host's settings
+# from inventories/local/group_vars/gpu_servers.yml with the vLLM image swapped for the benchmark
+# fixture tests/fixtures/vllm-sim), time `ansible-playbook site.yml` twice, require changed=0 on
+# every host in the second run, remove the hosts. Prints a markdown table and writes it, with notes
+# on the machine and the run, to tests/bench/deploy/RESULTS.md. docs/deploy-speed.md explains it.
+#
+# It takes the shared lock for heavy runs itself (do not wrap it in flock: that would wait for
+# itself). Environment: GPUFLEET_CACHE (default /var/cache/gpufleet: the test venv that tests/run
+# sets up, image archives, and this benchmark's work directory bench-deploy/ with the inventory,
+# fact cache and the log of every ansible-playbook run); GPUFLEET_HEAVY_LOCK (default
+# /tmp/gpufleet-heavy.lock; empty: no lock).
+set -euo pipefail
+# Braces: bash reads the whole script before it runs any of it (safe to edit during a run).
+{
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+cd "$ROOT"
+export GPUFLEET_CACHE="${GPUFLEET_CACHE:-/var/cache/gpufleet}"
+VENV="$GPUFLEET_CACHE/venv"
+WORK="$GPUFLEET_CACHE/bench-deploy"
+INVENTORY="$WORK/inventory"
+LOCK="${GPUFLEET_HEAVY_LOCK-/tmp/gpufleet-heavy.lock}"
+LABEL=gpufleet.bench=deploy
+RESULTS="$ROOT/tests/bench/deploy/RESULTS.md"
+COUNTS=("$@")
+[ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1 5 10)
+COMMAND="tests/bench/deploy/run.sh ${COUNTS[*]}"
+
+die() { printf 'tests/bench/deploy/run.sh: %s\n' "$*" >&2; exit 1; }
+log() { printf '\n=== %s ===\n' "$*"; }
+now() { date +%s.%N; }
+seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+host() { printf 'gpufleet-bench-%02d' "$1"; }
+free_gb() { df -BG --output=avail /var/lib/docker | tail -1 | tr -dc 0-9; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it starts Docker containers)"
+for n in "${COUNTS[@]}"; do
+  [[ "$n" =~ ^[1-9][0-9]?$ ]] || die "host counts are whole numbers from 1 to 99, not '$n'"
+done
+
+# The test hosts carry the label; they go on any exit, including an error or Ctrl-C.
+remove_hosts() {
+  local ids
+  ids="$(docker ps -aq --filter "label=$LABEL" 2>/dev/null || true)"
+  [ -z "$ids" ] && return 0
+  echo "removing test hosts: $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # one id a word
+  docker rm -f -v $ids >/dev/null
+}
+trap remove_hosts EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ -n "$LOCK" ]; then
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    echo "waiting for $LOCK (another heavy run holds it)"
+    flock 9
+  fi
+fi
+
+# --- setup: what tests/run sets up (Docker engine, base images, test venv, collection link) ---
+log setup
+mkdir -p "$WORK"
+setup_done() {
+  [ -x "$VENV/bin/ansible-playbook" ] &&
+    [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$(sha256sum tests/requirements.txt | cut -d' ' -f1)" ] &&
+    [ -f .cache/collections/ansible_collections/gpufleet/vllm/galaxy.yml ]
+}
+if ! setup_done; then
+  # tests/run has no setup-only stage: its setup runs before any stage, yamllint is the cheapest.
+  echo "setting up with tests/run (setup, then its yamllint stage; log: $WORK/setup.log)"
+  tests/run yamllint >"$WORK/setup.log" 2>&1 || true
+  setup_done || { tail -30 "$WORK/setup.log"; die "tests/run did not set up $VENV"; }
+fi
+tests/engine.sh
+tests/images.sh
+tests/fixtures/vllm-sim/build.sh
+export PATH="$VENV/bin:$PATH"
+remove_hosts
+
+# Pipelining: ansible.cfg sets it under [ssh_connection], which only the ssh connection reads;
+# community.docker.docker supports pipelining but takes the global setting ([defaults] or
+# [connection] pipelining, or ANSIBLE_PIPELINING). Fact caching: ansible.cfg's jsonfile cache with
+# gathering=smart, in a directory of this benchmark's own (emptied before each first converge).
+export ANSIBLE_PIPELINING=True
+export ANSIBLE_CACHE_PLUGIN_CONNECTION="$WORK/facts"
+export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 PY_COLORS=0
+PLAYBOOK="ansible-playbook site.yml -i $INVENTORY"
+CONFIG="$(ansible-config dump --only-changed 2>/dev/null | grep -E '^(ANSIBLE_PIPELINING|CACHE_PLUGIN|CACHE_PLUGIN_CONNECTION|CACHE_PLUGIN_TIMEOUT|DEFAULT_GATHERING|DEFAULT_FORKS)\(' || true)"
+echo "$CONFIG"
+grep -q '^ANSIBLE_PIPELINING(env: ANSIBLE_PIPELINING) = True' <<<"$CONFIG" || die "pipelining is not on"
+grep -q '^CACHE_PLUGIN(.*) = jsonfile' <<<"$CONFIG" || die "fact caching (jsonfile) is not on: is ansible.cfg read?"
+
+write_inventory() {
+  local n="$1" i
+  rm -rf "$INVENTORY"
+  mkdir -p "$INVENTORY/group_vars/gpu_servers"
+  # Files of a group_vars directory load in name order: the local demo host's settings, then the
+  # benchmark's image swap.
+  ln -s "$ROOT/inventories/local/group_vars/gpu_servers.yml" "$INVENTORY/group_vars/gpu_servers/00-local.yml"
+  ln -s "$ROOT/tests/bench/deploy/group_vars.yml" "$INVENTORY/group_vars/gpu_servers/10-bench.yml"
+  {
+    echo "# Written by tests/bench/deploy/run.sh for $n test host(s)."
+    echo "all:"
+    echo "  children:"
+    echo "    gpu_servers:"
+    echo "      vars:"
+    echo "        ansible_connection: community.docker.docker"
+    echo "        ansible_python_interpreter: /usr/bin/python3"
+    echo "        nvidia_driver_enabled: false"
+    echo "        nvidia_container_toolkit_enabled: false"
+    echo "      hosts:"
+    for i in $(seq "$n"); do echo "        $(host "$i"): {}"; done
+  } >"$INVENTORY/hosts.yml"
+}
+
+start_hosts() {
+  local n="$1" i state
+  for i in $(seq "$n"); do
+    # The fullstack Molecule scenario's platform settings (as ./deploy's demo host uses them).
+    docker run -d --name "$(host "$i")" --hostname "$(host "$i")" --label "$LABEL" \
+      --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+      --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+      --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /var/lib/docker \
+      --tmpfs /run --tmpfs /run/lock -e container=docker --stop-signal SIGRTMIN+3 \
+      gpufleet-base:bookworm /lib/systemd/systemd >/dev/null
+  done
+  # systemd answers once its bus is up (a second or two), then waits for the boot to finish.
+  for i in $(seq "$n"); do
+    for _ in $(seq 120); do
+      state="$(timeout 120 docker exec "$(host "$i")" systemctl is-system-running --wait 2>/dev/null || true)"
+      [[ "$state" == running || "$state" == degraded ]] && break
+      sleep 1
+    done
+    [[ "$state" == running || "$state" == degraded ]] || die "$(host "$i") did not boot (systemd: '${state:-no answer}')"
+  done
+  echo "$n test host(s) up: $(host 1)..$(host "$n")"
+}
+
+# Runs site.yml, logs to $1, sets ELAPSED; fails loudly unless every one of $2 hosts is ok
+# (and, with $3 = rerun, reports changed=0).
+run_site() {
+  local logfile="$1" n="$2" kind="$3" start rc bad
+  start="$(now)"
+  set +e
+  ${PIPELINING_OFF:+env ANSIBLE_PIPELINING=False} $PLAYBOOK >"$logfile" 2>&1
+  rc=$?
+  set -e
+  ELAPSED="$(seconds "$start" "$(now)")"
+  bad="$(awk -v n="$n" -v kind="$kind" '
+    /^PLAY RECAP/ { recap = 1; next }
+    recap && /^gpufleet-bench-[0-9]+ +:/ {
+      hosts++
+      for (f = 3; f <= NF; f++) { split($f, kv, "="); v[kv[1]] = kv[2] }
+      if (v["failed"] + 0 || v["unreachable"] + 0 || (kind == "rerun" && v["changed"] + 0))
+        print $1 ": changed=" v["changed"] " unreachable=" v["unreachable"] " failed=" v["failed"]
+    }
+    END { if (hosts != n) print "the recap lists " hosts + 0 " of " n " hosts" }' "$logfile")"
+  if [ "$rc" -ne 0 ] || [ -n "$bad" ]; then
+    echo "FAILED: $kind on $n host(s) after ${ELAPSED}s (exit $rc); log: $logfile" >&2
+    [ -n "$bad" ] && printf '  %s\n' "$bad" >&2
+    if [ "$kind" = rerun ]; then
+      echo "tasks that reported a change in the re-run:" >&2
+      awk '/^TASK \[/ { task = $0 } /^changed: / { print "  " task " -> " $0 }' "$logfile" >&2
+    fi
+    grep -E '^(fatal|failed):|^ERROR' "$logfile" | head -20 >&2 || true
+    exit 1
+  fi
+}
+
+# The slowest tasks from the profile_tasks summary at the end of a log.
+slowest() { awk '/^=====+/ { on = 1; next } on && / -+ [0-9.]+s$/' "$1" | head -"$2"; }
+
+declare -A FIRST RERUN RERUN_NOPIPE DISK RERUN_GATHERED
+MACHINE_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
+FREE_BEFORE="$(free_gb)"
+for n in "${COUNTS[@]}"; do
+  log "$n test host(s)"
+  [ "$(free_gb)" -ge $((n * 2 + 5)) ] || die "/var/lib/docker has $(free_gb) GB free; $n hosts need about $((n * 2 + 5)) GB"
+  remove_hosts
+  write_inventory "$n"
+  start_hosts "$n"
+  rm -rf "$WORK/facts"
+  # Pipelining really applies to this connection: a module runs without a file transfer (PUT).
+  ansible "$(host 1)" -i "$INVENTORY" -m ansible.builtin.ping -vvv >"$WORK/pipelining-check.log" 2>&1 ||
+    { tail -20 "$WORK/pipelining-check.log"; die "ping of $(host 1) failed"; }
+  if grep -q '^PUT ' "$WORK/pipelining-check.log"; then
+    die "the module was copied to $(host 1) (no pipelining); see $WORK/pipelining-check.log"
+  fi
+  disk_before="$(free_gb)"
+
+  echo "first converge: $PLAYBOOK"
+  run_site "$WORK/first-$n.log" "$n" first
+  FIRST[$n]="$ELAPSED"
+  echo "first converge: ${ELAPSED}s"
+  for i in $(seq "$n"); do
+    # ansible-core 2.19 names the files s1_HOST (a format prefix); older releases HOST.
+    compgen -G "$WORK/facts/*$(host "$i")" >/dev/null || die "no cached facts for $(host "$i") in $WORK/facts"
+  done
+
+  echo "no-change re-run: $PLAYBOOK"
+  run_site "$WORK/rerun-$n.log" "$n" rerun
+  RERUN[$n]="$ELAPSED"
+  grep -q '^TASK \[Gathering Facts\]' "$WORK/rerun-$n.log" && RERUN_GATHERED[$n]=yes || RERUN_GATHERED[$n]=no
+  echo "no-change re-run: ${ELAPSED}s, changed=0 on all $n host(s); facts gathered again: ${RERUN_GATHERED[$n]}"
+
+  # For comparison: the same re-run without pipelining, which is what ansible.cfg alone gives
+  # this connection (its pipelining setting is in [ssh_connection]).
+  echo "no-change re-run, pipelining off: ANSIBLE_PIPELINING=False $PLAYBOOK"
+  PIPELINING_OFF=1 run_site "$WORK/rerun-nopipelining-$n.log" "$n" rerun
+  RERUN_NOPIPE[$n]="$ELAPSED"
+  echo "no-change re-run, pipelining off: ${ELAPSED}s"
+  DISK[$n]=$((disk_before - $(free_gb)))
+  remove_hosts
+done
+
+# --- the table ---
+base="${COUNTS[0]}"
+for n in "${COUNTS[@]}"; do [ "$n" = 1 ] && base=1; done
+table() {
+  printf '| test hosts | first converge (s) | no-change re-run (s) | re-run vs %s host(s) | for comparison: re-run, pipelining off (s) |\n' "$base"
+  printf '|---:|---:|---:|---:|---:|\n'
+  for n in "${COUNTS[@]}"; do
+    printf '| %s | %s | %s | %s | %s |\n' "$n" "${FIRST[$n]}" "${RERUN[$n]}" \
+      "$(awk -v a="${RERUN[$n]}" -v b="${RERUN[$base]}" 'BEGIN { printf "%.2fx", a / b }')" "${RERUN_NOPIPE[$n]}"
+  done
+}
+if [ -n "${RERUN[1]:-}" ] && [ -n "${RERUN[10]:-}" ]; then
+  ratio="$(awk -v a="${RERUN[10]}" -v b="${RERUN[1]}" 'BEGIN { printf "%.2f", a / b }')"
+  verdict="$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "met" : "NOT met") }')"
+  TARGET="Target (issue #6), no-change re-run on 10 hosts within 1.5x the re-run on 1 host: **$verdict** (${ratio}x)."
+else
+  TARGET="Target (issue #6), no-change re-run on 10 hosts within 1.5x the re-run on 1 host: not measured (needs N=1 and N=10)."
+fi
+
+log results
+table
+echo
+echo "$TARGET"
+echo "command: $COMMAND   (each run: ANSIBLE_PIPELINING=True ANSIBLE_CACHE_PLUGIN_CONNECTION=$WORK/facts $PLAYBOOK)"
+
+changed_tree="$(git status --short -- . ':!tests/bench/deploy' ':!tests/fixtures/vllm-sim' ':!docs/deploy-speed.md' ':!changelogs' 2>/dev/null || true)"
+{
+  echo "# Deploy speed benchmark: results"
+  echo
+  echo "Written by \`$COMMAND\` (as root, from the repository root) on $(date -u '+%Y-%m-%d %H:%M UTC'),"
+  echo "commit $(git rev-parse --short HEAD)$([ -n "$changed_tree" ] && echo ' with uncommitted changes (listed below)')."
+  echo "Run it again to replace this file; docs/deploy-speed.md says what is measured and how to read it."
+  echo
+  table
+  echo
+  echo "$TARGET"
+  echo
+  echo "## How it ran"
+  echo
+  echo "- For each N: N fresh systemd test hosts \`gpufleet-bench-01..NN\` (Docker containers from"
+  echo "  \`gpufleet-base:bookworm\` with the fullstack Molecule scenario's settings), then"
+  echo "  \`ANSIBLE_PIPELINING=True ANSIBLE_CACHE_PLUGIN_CONNECTION=<work>/facts ansible-playbook site.yml -i <inventory>\`"
+  echo "  twice; the second run reported changed=0 on every host. The hosts were removed after each N."
+  echo "- Inventory: group \`gpu_servers\`, connection \`community.docker.docker\`, the settings of"
+  echo "  \`inventories/local/group_vars/gpu_servers.yml\` with \`tests/bench/deploy/group_vars.yml\` over them"
+  echo "  (vLLM image: the benchmark fixture \`gpufleet-test/vllm-sim:0.32.0\`, loaded from an archive like the"
+  echo "  local inventory's images; the wrapper image built on every host from \`wrapper/\`, pip from PyPI)."
+  echo "- Settings in force (\`ansible-config dump --only-changed\`):"
+  sed 's/^/  - `/; s/$/`/' <<<"$CONFIG"
+  echo "- Pipelining: checked before each N with \`ansible -m ping -vvv\` on the first host: the module ran"
+  echo "  without a file transfer. Fact caching: the re-run gathered facts again (cache not used):"
+  echo "  $(for n in "${COUNTS[@]}"; do printf 'N=%s %s, ' "$n" "${RERUN_GATHERED[$n]}"; done | sed 's/, $//')."
+  echo "- Disk the hosts took after both runs, GB: $(for n in "${COUNTS[@]}"; do printf 'N=%s %s, ' "$n" "${DISK[$n]}"; done | sed 's/, $//')."
+  echo
+  echo "## Machine"
+  echo
+  echo "- $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem:/ { print $2 }') GiB memory, $FREE_BEFORE GB free for Docker at the start"
+  echo "- load average at the start: $MACHINE_LOAD (the machine is shared; other runs wait for the same lock)"
+  echo "- $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), Docker $(docker version -f '{{.Server.Version}}'), $(ansible --version | head -1 | tr -d '[]'), $(python3 --version)"
+  if [ -n "$changed_tree" ]; then
+    echo "- uncommitted changes in the tree that was deployed (other work in progress at the time):"
+    sed 's/^/  - `/; s/$/`/' <<<"$changed_tree"
+  fi
+  echo
+  echo "## Slowest tasks (profile_tasks), ${COUNTS[-1]} host(s)"
+  echo
+  echo "First converge:"
+  echo
+  echo '```'
+  slowest "$WORK/first-${COUNTS[-1]}.log" 10
+  echo '```'
+  echo
+  echo "No-change re-run:"
+  echo
+  echo '```'
+  slowest "$WORK/rerun-${COUNTS[-1]}.log" 10
+  echo '```'
+} >"$RESULTS"
+echo "wrote $RESULTS"
+exit 0
+}

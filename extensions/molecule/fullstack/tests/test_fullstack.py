@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-testinfra_hosts = ["ansible://all"]
+testinfra_hosts = ["ansible://gpu_servers"]
 
 KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
 TOKEN = "hf_FULLSTACKfakeTOKENdoNotPrint0123"

@@ -2,7 +2,7 @@
 
 import json
 
-testinfra_hosts = ["ansible://all"]
+testinfra_hosts = ["ansible://gpu_servers"]
 
 KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
 NAME = "gpu01.fleet.test"

@@ -1,0 +1,177 @@
+"""Prometheus on mon01 scrapes the GPU host through its nginx; dashboards and alert rules work on it."""
+
+import json
+import os
+import pathlib
+import re
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["ansible://monitoring"]
+
+HERE = pathlib.Path(__file__).resolve().parent
+DASHBOARDS = HERE.parents[3] / "roles" / "monitoring" / "files" / "dashboards"
+GPU_HOST = "fullstack-bookworm"
+PROM = "http://127.0.0.1:9090"
+KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
+ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError"}
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return testinfra.get_host(f"ansible://{GPU_HOST}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+@pytest.fixture(scope="module")
+def gpu_address(gpu):
+    facts = gpu.ansible("setup", "filter=ansible_default_ipv4", check=False)
+    return facts["ansible_facts"]["ansible_default_ipv4"]["address"]
+
+
+def query(host, expr):
+    result = host.run("curl -sS -G %s/api/v1/query --data-urlencode %s", PROM, f"query={expr}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def targets(host):
+    result = host.run("curl -sS %s/api/v1/targets?state=active", PROM)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)["data"]["activeTargets"]
+
+
+def dashboard_queries():
+    """(dashboard, panel, expr) of every panel target and template variable, Grafana variables filled in."""
+    found = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        for var in board["templating"]["list"]:
+            inner = re.fullmatch(r"label_values\((.*), *\w+\)", var["query"]["query"]).group(1)
+            found.append((path.name, f"variable {var['name']}", inner))
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                found.append((path.name, panel["title"], target["expr"]))
+    return [(b, p, e.replace("$__rate_interval", "5m").replace("$instance", ".*")) for b, p, e in found]
+
+
+def test_prometheus_running_on_port_9090(host):
+    service = host.service("prometheus")
+    assert service.is_running and service.is_enabled
+    assert host.socket("tcp://0.0.0.0:9090").is_listening
+    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/-/ready") == "200"
+
+
+def test_configuration_passes_promtool(host):
+    host.run_expect([0], "promtool check config /etc/prometheus/prometheus.yml")
+
+
+def test_gpu_host_targets_are_up(host):
+    wanted = {"vllm", "wrapper", "node"}
+    deadline = time.monotonic() + 90
+    while True:
+        mine = [t for t in targets(host) if t["labels"].get("instance") == GPU_HOST]
+        health = {t["labels"]["job"]: t["health"] for t in mine}
+        if all(health.get(job) == "up" for job in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert {job: health.get(job) for job in wanted} == dict.fromkeys(wanted, "up"), mine
+    for target in mine:
+        assert target["scrapeUrl"].startswith("https://"), target
+        assert target["labels"]["model"] == "tiny-llama"
+    # The query API agrees.
+    result = query(host, f'up{{instance="{GPU_HOST}"}} == 1')["data"]["result"]
+    assert {r["metric"]["job"] for r in result} >= wanted
+
+
+def test_no_dcgm_target_for_the_host_without_gpu(host, gpu):
+    assert not [t for t in targets(host) if t["labels"]["job"] == "dcgm"]
+    fact = json.loads(gpu.file("/etc/ansible/facts.d/gpufleet_exporters.fact").content_string)
+    assert fact == {"node": True, "dcgm": False}
+    assert gpu.run("docker inspect dcgm-exporter").rc != 0
+
+
+def test_node_exporter_on_loopback_only(gpu):
+    assert gpu.service("prometheus-node-exporter").is_running
+    assert gpu.socket("tcp://127.0.0.1:9100").is_listening
+    assert not gpu.socket("tcp://0.0.0.0:9100").is_listening
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/node"])
+def test_metrics_through_nginx_from_the_monitoring_host(host, gpu_address, path):
+    out = host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' https://{gpu_address}{path}")
+    assert out == "200"
+
+
+def test_metrics_forbidden_from_other_addresses(gpu, gpu_address):
+    # The GPU host itself through its non-loopback address: not in nginx_metrics_allow.
+    out = gpu.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' https://{gpu_address}/metrics/vllm")
+    assert out == "403"
+    # This test machine (the Docker bridge address).
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"https://{gpu_address}/metrics/vllm", context=context, timeout=10)
+    assert denied.value.code == 403
+    assert json.loads(denied.value.read())["error"]["type"] == "permission_error"
+
+
+def test_alert_rules_loaded(host):
+    result = host.run("curl -sS %s/api/v1/rules", PROM)
+    groups = json.loads(result.stdout)["data"]["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert set(rules) >= ALERTS
+    for name in ALERTS:
+        assert rules[name]["health"] == "ok", rules[name]
+    # Healthy stack: none of them fires.
+    assert [r["name"] for r in rules.values() if r["state"] == "firing"] == []
+
+
+def test_promtool_rule_unit_tests(host):
+    host.ansible("copy", f"src={HERE / 'rules_test.yml'} dest=/tmp/gpufleet-rules-test.yml mode=0644", check=False)
+    result = host.run("promtool test rules /tmp/gpufleet-rules-test.yml")
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_both_dashboards_found():
+    assert {board for board, _panel, _expr in dashboard_queries()} == {"gpus.json", "vllm.json"}
+
+
+@pytest.mark.parametrize("board, panel, expr", dashboard_queries(), ids=lambda v: str(v)[:60])
+def test_dashboard_query_accepted_by_prometheus(host, board, panel, expr):
+    answer = query(host, expr)
+    assert answer["status"] == "success", (board, panel, answer)
+
+
+def test_vllm_panels_return_data(host, gpu):
+    # Some traffic through nginx so the counters and histograms move, then two scrapes.
+    for prompt in ("hi", "hello", "how are you"):
+        body = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8})
+        gpu.run_expect(
+            [0],
+            "curl -sfk -o /dev/null -H %s -H 'Content-Type: application/json' -d %s https://127.0.0.1/v1/chat/completions",
+            f"Authorization: Bearer {KEY}",
+            body,
+        )
+    time.sleep(12)
+    empty = []
+    for board, panel, expr in dashboard_queries():
+        if "vllm:" in expr:
+            answer = query(host, expr)
+            if not answer["data"]["result"]:
+                empty.append((panel, expr))
+    assert empty == []
+    tokens = query(host, f'sum(vllm:generation_tokens_total{{instance="{GPU_HOST}"}})')["data"]["result"]
+    assert float(tokens[0]["value"][1]) > 0
+
+
+def test_alert_expressions_accepted(host):
+    groups = json.loads(host.check_output("curl -sS %s/api/v1/rules", PROM))["data"]["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        assert query(host, rule["query"])["status"] == "success", rule["query"]

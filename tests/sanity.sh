@@ -24,4 +24,4 @@ if args:
     subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)
 PY
 cd "$WORK"
-ansible-test sanity --venv --python 3.11 --requirements --exclude wrapper/ --exclude tests/fixtures/
+ansible-test sanity --venv --python 3.11 --requirements --exclude wrapper/ --exclude tests/fixtures/ "$@"

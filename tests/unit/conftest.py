@@ -46,3 +46,8 @@ def vllm_status():
 @pytest.fixture(scope="session")
 def fleet_filters():
     return _load("plugins/filter/fleet.py")
+
+
+@pytest.fixture(scope="session")
+def source_archive():
+    return _load("plugins/modules/source_archive.py")

@@ -201,6 +201,10 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        if r["p50_ms"] is None:  # no request succeeded in the cell
+            lines.append(f"| {'stream' if r['stream'] else 'non-stream'} | {r['concurrency']} | "
+                         f"{r['target']} | 0 | - | - | - | - | - | - | {r['errors']} | - | - | |")
+            continue
         key = (r["concurrency"], r["stream"])
         d = direct.get(key)
         added = (f"{r['p50_ms'] - d['p50_ms']:.2f} | {r['p99_ms'] - d['p99_ms']:.2f} | "

@@ -28,6 +28,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+def lean_records() -> None:
+    """Stop LogRecords collecting what JsonFormatter never writes: the caller's
+    file and line, thread, process and process name. That is a stack walk and
+    a few lookups saved per access-log line (logging HOWTO, "Optimization")."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def log_config(level: str) -> dict[str, Any]:
     """dictConfig for our loggers and uvicorn's (whose access log we replace)."""
     upper = level.upper()

@@ -63,7 +63,11 @@ AUTH_FAILURES = Counter(
     "Requests rejected for a missing or invalid API key.",
 )
 
-_request_children: dict[tuple[str, str, str], Counter] = {}
+# Labelled children, cached: .labels() costs a lock, a tuple and a dict lookup
+# per call. Route labels are a closed set, key names and statuses are few.
+_request_children: dict[tuple[str, int, str], Counter] = {}
+_duration_children: dict[str, Histogram] = {}
+_ttfb_children: dict[str, Histogram] = {}
 
 
 def route_label(path: str) -> str:
@@ -71,12 +75,22 @@ def route_label(path: str) -> str:
 
 
 def observe_request(route: str, status: int, key: str, duration: float) -> None:
-    ident = (route, str(status), key)
+    ident = (route, status, key)
     child = _request_children.get(ident)
     if child is None:
-        child = _request_children[ident] = REQUESTS.labels(*ident)
+        child = _request_children[ident] = REQUESTS.labels(route, str(status), key)
     child.inc()
-    DURATION.labels(route).observe(duration)
+    hist = _duration_children.get(route)
+    if hist is None:
+        hist = _duration_children[route] = DURATION.labels(route)
+    hist.observe(duration)
+
+
+def observe_ttfb(route: str, seconds: float) -> None:
+    hist = _ttfb_children.get(route)
+    if hist is None:
+        hist = _ttfb_children[route] = TTFB.labels(route)
+    hist.observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

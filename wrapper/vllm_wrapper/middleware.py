@@ -1,13 +1,21 @@
 """One pure-ASGI middleware for every cross-cutting concern (cheaper than a
 stack of BaseHTTPMiddleware): request id, drain, auth, body-size limit,
-in-flight count, metrics and the JSON access log."""
+in-flight count, metrics and the JSON access log.
+
+The proxied OpenAI routes (exact method and path) are dispatched here directly
+to their handler, skipping FastAPI's routing, dependency solving and exception
+middlewares, which would otherwise wrap every request and every streamed chunk
+in more coroutine layers. The handlers are the same functions the FastAPI
+routes call (those routes stay for the OpenAPI schema)."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
@@ -25,6 +33,8 @@ DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 INFO_KEY = "vllm_wrapper.info"
+# (method, path) -> handler building the response from the request's info.
+FastRoutes = Mapping[tuple[str, str], Callable[[RequestInfo], Response]]
 
 
 async def send_error(
@@ -45,11 +55,13 @@ async def send_error(
 
 
 class WrapperMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, keys: KeyStore, drain: Drain) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, keys: KeyStore, drain: Drain,
+                 fast_routes: FastRoutes | None = None) -> None:
         self.app = app
         self.settings = settings
         self.keys = keys
         self.drain = drain
+        self.fast_routes: FastRoutes = {} if fast_routes is None else fast_routes
         self.retry_after = str(settings.retry_after).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,17 +78,16 @@ class WrapperMiddleware:
         info = RequestInfo(request_id=request_id, start=start)
         scope[INFO_KEY] = info
         path: str = scope["path"]
-        status = 500
         bytes_out = 0
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
-            elif message["type"] == "http.response.body":
+            nonlocal bytes_out
+            if message["type"] == "http.response.body":
                 bytes_out += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                info.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         counted = path not in DRAIN_EXEMPT
@@ -90,10 +101,11 @@ class WrapperMiddleware:
                 self.drain.leave()
                 metrics.IN_FLIGHT.dec()
             duration = time.perf_counter() - start
+            status = 500 if info.status is None else info.status
             route = metrics.route_label(path)
             metrics.observe_request(route, status, info.key_name, duration)
             if info.ttfb is not None and info.stream:
-                metrics.TTFB.labels(route).observe(info.ttfb)
+                metrics.observe_ttfb(route, info.ttfb)
             if self.settings.access_log:
                 access_log.info("", extra={"fields": {
                     "request_id": request_id,
@@ -127,13 +139,24 @@ class WrapperMiddleware:
                                  [(b"www-authenticate", b"Bearer")])
                 return
             info.key_name = name
-        if scope["method"] in _BODY_METHODS:
+        method: str = scope["method"]
+        if method in _BODY_METHODS:
             body = await self._read_body(receive, send, headers)
             if body is None:
                 return
             info.body = body
-            receive = replay_receive(body, receive)
-        await self.app(scope, receive, send)
+            handler = self.fast_routes.get((method, path))
+            if handler is None:
+                receive = replay_receive(body, receive)
+        else:
+            handler = self.fast_routes.get((method, path))
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        # The body is consumed, so receive() now only reports the disconnect,
+        # which is all a proxied response listens for. An exception goes up to
+        # ServerErrorMiddleware (outside this middleware), as from a route.
+        await handler(info)(scope, receive, send)
 
     async def _read_body(
         self, receive: Receive, send: Send, headers: dict[bytes, bytes]

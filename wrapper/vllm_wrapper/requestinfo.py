@@ -16,3 +16,5 @@ class RequestInfo:
     ttfb: float | None = None
     client_disconnected: bool = False
     body: bytes = b""
+    # Response status once http.response.start was sent (None before).
+    status: int | None = None

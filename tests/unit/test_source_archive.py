@@ -21,16 +21,16 @@ def test_bytes_do_not_depend_on_times_or_order(tmp_path, source_archive):
     make_tree(tmp_path)
     first, count = source_archive.pack(str(tmp_path), ["pkg", "Dockerfile", "run.sh"])
     os.utime(tmp_path / "Dockerfile", (1, 1))
-    second, _ = source_archive.pack(str(tmp_path), ["run.sh", "Dockerfile", "pkg"])
+    second = source_archive.pack(str(tmp_path), ["run.sh", "Dockerfile", "pkg"])[0]
     assert first == second
     assert count == 3
 
 
 def test_content_changes_the_bytes_and_caches_are_left_out(tmp_path, source_archive):
     make_tree(tmp_path)
-    before, _ = source_archive.pack(str(tmp_path), ["pkg", "Dockerfile"])
+    before = source_archive.pack(str(tmp_path), ["pkg", "Dockerfile"])[0]
     (tmp_path / "pkg" / "__init__.py").write_text("x = 2\n")
-    after, _ = source_archive.pack(str(tmp_path), ["pkg", "Dockerfile"])
+    after = source_archive.pack(str(tmp_path), ["pkg", "Dockerfile"])[0]
     assert before != after
     names = tarfile.open(fileobj=io.BytesIO(after)).getnames()
     assert names == ["Dockerfile", "pkg", "pkg/__init__.py"]
@@ -38,6 +38,6 @@ def test_content_changes_the_bytes_and_caches_are_left_out(tmp_path, source_arch
 
 def test_modes_keep_only_the_executable_bit(tmp_path, source_archive):
     make_tree(tmp_path)
-    data, _ = source_archive.pack(str(tmp_path), ["run.sh", "Dockerfile"])
+    data = source_archive.pack(str(tmp_path), ["run.sh", "Dockerfile"])[0]
     modes = {m.name: m.mode for m in tarfile.open(fileobj=io.BytesIO(data)).getmembers()}
     assert modes == {"Dockerfile": 0o644, "run.sh": 0o755}

@@ -71,7 +71,7 @@ def test_requests_are_spread_over_every_backend():
     load.started = 0.0
     seen = set()
     for stream in [False, True] * 6:
-        status, complete, backend, _ = load.request(stream)
+        status, complete, backend, _body = load.request(stream)
         assert status == 200 and complete
         seen.add(backend.split(":")[0])
     assert seen == {address(gpu)[0] for gpu in GPUS}
@@ -79,7 +79,7 @@ def test_requests_are_spread_over_every_backend():
 
 def test_backends_count_the_real_client_not_the_load_balancer():
     load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=1)
-    for _ in range(3):
+    for _attempt in range(3):
         load.request(False)
     client = address(LB)[1]  # this test runs on the Docker host: the network's gateway
     lines = [node(gpu).check_output("tail -n 1 /var/log/nginx/access.log") for gpu in GPUS]

@@ -1,6 +1,7 @@
 # Copyright: gpufleet maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Addresses by which fleet hosts reach each other (load balancer backends, metrics allowlists)."""
+"""Addresses by which fleet hosts reach each other (load balancer backends, metrics allowlists),
+and the model name each host serves."""
 
 from __future__ import annotations
 
@@ -77,6 +78,20 @@ def fleet_backends(hosts, hostvars, port_var="nginx_https_port", default_port=44
     return backends
 
 
+def fleet_served_model(host, hostvars):
+    """The model name clients send to HOST: its `vllm_served_model_name` when set and not empty
+    (vLLM then answers to that name only), else its `vllm_model`; '' when neither is set."""
+    host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
+    if host_vars is None:
+        raise AnsibleFilterError("fleet_served_model: host %r is not in the inventory" % host)
+    return str(host_vars.get("vllm_served_model_name") or host_vars.get("vllm_model") or "")
+
+
 class FilterModule:
     def filters(self):
-        return {"fleet_address": fleet_address, "fleet_addresses": fleet_addresses, "fleet_backends": fleet_backends}
+        return {
+            "fleet_address": fleet_address,
+            "fleet_addresses": fleet_addresses,
+            "fleet_backends": fleet_backends,
+            "fleet_served_model": fleet_served_model,
+        }

@@ -53,3 +53,15 @@ def test_backends_skip_unknown_and_read_the_port(fleet_filters):
         {"host": "gpu01", "address": "192.0.2.10", "port": 8443},
         {"host": "lb01", "address": "172.17.0.6", "port": 443},
     ]
+
+
+def test_served_model_name_else_model(fleet_filters):
+    hostvars = {
+        "a": {"vllm_model": "org/big", "vllm_served_model_name": "big"},
+        "b": {"vllm_model": "org/big", "vllm_served_model_name": ""},
+        "c": {"vllm_model": "org/big"},
+        "d": {},
+    }
+    assert [fleet_filters.fleet_served_model(h, hostvars) for h in "abcd"] == ["big", "org/big", "org/big", ""]
+    with pytest.raises(AnsibleFilterError, match="not in the inventory"):
+        fleet_filters.fleet_served_model("nope", hostvars)

@@ -17,7 +17,9 @@
 # itself). Environment: GPUFLEET_CACHE (default /var/cache/gpufleet: the test venv that tests/run
 # sets up, image archives, and this benchmark's work directory bench-deploy/ with the inventory,
 # fact cache and the log of every ansible-playbook run); GPUFLEET_HEAVY_LOCK (default
-# /tmp/gpufleet-heavy.lock; empty: no lock).
+# /tmp/gpufleet-heavy.lock; empty: no lock); BENCH_KEEP_HOSTS=1 keeps the hosts of the last N
+# running afterwards, with the inventory, to look into a run (remove them with
+# `docker rm -f -v $(docker ps -aq --filter label=gpufleet.bench=deploy)`).
 set -euo pipefail
 # Braces: bash reads the whole script before it runs any of it (safe to edit during a run).
 {
@@ -55,7 +57,8 @@ remove_hosts() {
   # shellcheck disable=SC2086 # one id a word
   docker rm -f -v $ids >/dev/null
 }
-trap remove_hosts EXIT
+keep_or_remove_hosts() { [ "${BENCH_KEEP_HOSTS:-}" = 1 ] && [ "${DONE:-}" = 1 ] || remove_hosts; }
+trap keep_or_remove_hosts EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -146,16 +149,37 @@ start_hosts() {
   echo "$n test host(s) up: $(host 1)..$(host "$n")"
 }
 
-# Runs site.yml, logs to $1, sets ELAPSED; fails loudly unless every one of $2 hosts is ok
+# CPU accounting of a run, in CPU-seconds: the machine's busy time (/proc/stat: all but idle and
+# iowait), the test hosts' share (every process in them, their nested containers included: the
+# cgroup v1 cpuacct tree of Docker's containers; "n/a" without it) and the controller's
+# (ansible-playbook with its forks and the docker CLI calls of the connection: this shell's children).
+CPUACCT=/sys/fs/cgroup/cpuacct/docker/cpuacct.usage
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+hosts_ns() { if [ -r "$CPUACCT" ]; then cat "$CPUACCT"; else echo -1; fi; }
+# `times` in this shell, not in a $(...) subshell: a subshell reports its own children only.
+children_cpu() {
+  times >"$WORK/times"
+  awk 'END { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }' "$WORK/times"
+}
+
+# Runs site.yml, logs to $1, sets ELAPSED and CPU_BUSY, CPU_HOSTS, CPU_CONTROLLER; fails loudly unless every one of $2 hosts is ok
 # (and, with $3 = rerun, reports changed=0).
 run_site() {
-  local logfile="$1" n="$2" kind="$3" start rc bad
+  local logfile="$1" n="$2" kind="$3" start rc bad busy0 hosts0 ctl0 ctl1
+  busy0="$(busy_jiffies)" hosts0="$(hosts_ns)"
+  children_cpu >"$WORK/ctl0"
+  ctl0="$(cat "$WORK/ctl0")"
   start="$(now)"
   set +e
   ${PIPELINING_OFF:+env ANSIBLE_PIPELINING=False} $PLAYBOOK >"$logfile" 2>&1
   rc=$?
   set -e
   ELAPSED="$(seconds "$start" "$(now)")"
+  children_cpu >"$WORK/ctl1"
+  ctl1="$(cat "$WORK/ctl1")"
+  CPU_BUSY="$(awk -v a="$busy0" -v b="$(busy_jiffies)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }')"
+  CPU_HOSTS="$(awk -v a="$hosts0" -v b="$(hosts_ns)" 'BEGIN { if (a < 0) print "n/a"; else printf "%.1f", (b - a) / 1e9 }')"
+  CPU_CONTROLLER="$(awk -v a="$ctl0" -v b="$ctl1" 'BEGIN { printf "%.1f", b - a }')"
   bad="$(awk -v n="$n" -v kind="$kind" '
     /^PLAY RECAP/ { recap = 1; next }
     recap && /^gpufleet-bench-[0-9]+ +:/ {
@@ -180,7 +204,7 @@ run_site() {
 # The slowest tasks from the profile_tasks summary at the end of a log.
 slowest() { awk '/^=====+/ { on = 1; next } on && / -+ [0-9.]+s$/' "$1" | head -"$2"; }
 
-declare -A FIRST RERUN RERUN_NOPIPE DISK RERUN_GATHERED
+declare -A FIRST RERUN RERUN_NOPIPE DISK RERUN_GATHERED BUSY HOSTS_CPU CONTROLLER_CPU
 MACHINE_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
 FREE_BEFORE="$(free_gb)"
 for n in "${COUNTS[@]}"; do
@@ -209,9 +233,10 @@ for n in "${COUNTS[@]}"; do
 
   echo "no-change re-run: $PLAYBOOK"
   run_site "$WORK/rerun-$n.log" "$n" rerun
-  RERUN[$n]="$ELAPSED"
+  RERUN[$n]="$ELAPSED" BUSY[$n]="$CPU_BUSY" HOSTS_CPU[$n]="$CPU_HOSTS" CONTROLLER_CPU[$n]="$CPU_CONTROLLER"
   grep -q '^TASK \[Gathering Facts\]' "$WORK/rerun-$n.log" && RERUN_GATHERED[$n]=yes || RERUN_GATHERED[$n]=no
   echo "no-change re-run: ${ELAPSED}s, changed=0 on all $n host(s); facts gathered again: ${RERUN_GATHERED[$n]}"
+  echo "  CPU-seconds: machine $CPU_BUSY (test hosts $CPU_HOSTS, controller $CPU_CONTROLLER)"
 
   # For comparison: the same re-run without pipelining, which is what ansible.cfg alone gives
   # this connection (its pipelining setting is in [ssh_connection]).
@@ -220,8 +245,9 @@ for n in "${COUNTS[@]}"; do
   RERUN_NOPIPE[$n]="$ELAPSED"
   echo "no-change re-run, pipelining off: ${ELAPSED}s"
   DISK[$n]=$((disk_before - $(free_gb)))
-  remove_hosts
+  [ "${BENCH_KEEP_HOSTS:-}" = 1 ] && [ "$n" = "${COUNTS[-1]}" ] || remove_hosts
 done
+DONE=1
 
 # --- the table ---
 base="${COUNTS[0]}"
@@ -234,6 +260,22 @@ table() {
       "$(awk -v a="${RERUN[$n]}" -v b="${RERUN[$base]}" 'BEGIN { printf "%.2fx", a / b }')" "${RERUN_NOPIPE[$n]}"
   done
 }
+# Where the CPU of each no-change re-run went. Both cores busy for the whole run means the run
+# cannot be faster on this machine: its floor is the CPU work divided by the cores.
+CORES="$(nproc)"
+cpu_table() {
+  printf '| test hosts | no-change re-run (s) | machine CPU-s | test hosts CPU-s | controller CPU-s | floor: machine CPU-s / %s cores (s) | re-run / floor | test hosts CPU-s per host |\n' "$CORES"
+  printf '|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+  for n in "${COUNTS[@]}"; do
+    awk -v n="$n" -v w="${RERUN[$n]}" -v b="${BUSY[$n]}" -v h="${HOSTS_CPU[$n]}" -v c="${CONTROLLER_CPU[$n]}" -v k="$CORES" 'BEGIN {
+      printf "| %s | %s | %s | %s | %s | %.1f | %.2f | %s |\n", n, w, b, h, c, b / k, w / (b / k), (h == "n/a" ? "n/a" : sprintf("%.1f", h / n)) }'
+  done
+}
+FLOOR=""
+if [ -n "${RERUN[1]:-}" ] && [ -n "${RERUN[10]:-}" ] && [ "${HOSTS_CPU[10]}" != n/a ]; then
+  FLOOR="$(awk -v h="${HOSTS_CPU[10]}" -v k="$CORES" -v r1="${RERUN[1]}" 'BEGIN {
+    printf "On this machine the 10-host re-run cannot take less than %.1f s: the CPU work inside the ten test hosts alone (%s CPU-s) divided by %d cores, with a controller that would cost nothing. The target, 1.5 x %s s, is %.1f s.", h / k, h, k, r1, 1.5 * r1 }')"
+fi
 if [ -n "${RERUN[1]:-}" ] && [ -n "${RERUN[10]:-}" ]; then
   ratio="$(awk -v a="${RERUN[10]}" -v b="${RERUN[1]}" 'BEGIN { printf "%.2f", a / b }')"
   verdict="$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "met" : "NOT met") }')"
@@ -245,7 +287,10 @@ fi
 log results
 table
 echo
+cpu_table
+echo
 echo "$TARGET"
+[ -n "$FLOOR" ] && echo "$FLOOR"
 echo "command: $COMMAND   (each run: ANSIBLE_PIPELINING=True ANSIBLE_CACHE_PLUGIN_CONNECTION=$WORK/facts $PLAYBOOK)"
 
 changed_tree="$(git status --short -- . ':!tests/bench/deploy' ':!tests/fixtures/vllm-sim' ':!docs/deploy-speed.md' ':!changelogs' 2>/dev/null || true)"
@@ -259,6 +304,18 @@ changed_tree="$(git status --short -- . ':!tests/bench/deploy' ':!tests/fixtures
   table
   echo
   echo "$TARGET"
+  [ -n "$FLOOR" ] && echo "$FLOOR"
+  echo
+  echo "## Where the CPU of the no-change re-runs went"
+  echo
+  cpu_table
+  echo
+  echo "CPU-seconds during each run: the machine's busy time from \`/proc/stat\` (everything but idle and"
+  echo "iowait), the test hosts' from the cgroup v1 \`cpuacct\` tree of Docker's containers (every process in"
+  echo "them, nested containers included), the controller's as the benchmark shell's child CPU time"
+  echo "(\`ansible-playbook\`, its forks and the \`docker exec\` client calls of the connection). The rest of"
+  echo "the machine's time is mostly the Docker engine serving those \`docker exec\` calls. A run whose"
+  echo "re-run / floor is near 1 kept both cores busy from start to end: no host waited on another."
   echo
   echo "## How it ran"
   echo

@@ -95,20 +95,39 @@ def test_host_metrics_are_not_reachable_from_other_hosts():
     assert "vllm:num_requests_running" in local
 
 
-def test_an_unreachable_host_does_not_stop_the_others():
-    # A host whose SSH port refuses connections: Ansible marks it UNREACHABLE at once.
+def playbook_with_unreachable_host(name):
+    """Run playbooks/NAME on the scenario's hosts plus `fleet-gone`, a GPU host whose name does not
+    resolve: SSH fails at once (UNREACHABLE), and no address is known for it, so the load balancer
+    must leave it out (an address of its own, such as 127.0.0.1, would loop back to the LB)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as extra:
         extra.write(
             "gpu_servers:\n  hosts:\n    fleet-gone:\n"
-            "      ansible_connection: ssh\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+            "      ansible_connection: ssh\n      ansible_host: fleet-gone.invalid\n"
         )
-    rc, out = playbook("health_check.yml", "-i", extra.name)
-    os.unlink(extra.name)
+    try:
+        return playbook(name, "-i", extra.name)
+    finally:
+        os.unlink(extra.name)
+
+
+def test_an_unreachable_host_does_not_stop_the_others():
+    rc, out = playbook_with_unreachable_host("health_check.yml")
     assert rc != 0
     assert re.search(r"fleet-gone.*UNREACHABLE", out), out[-3000:]
     for gpu in GPUS:
         assert re.search(r"%s\s+OK\s" % gpu, out), out[-3000:]
     assert "Unhealthy: fleet-gone" in out
+
+
+def test_site_yml_deploys_the_rest_of_the_fleet_when_a_host_is_unreachable():
+    rc, out = playbook_with_unreachable_host("site.yml")
+    assert rc != 0, out[-3000:]
+    assert re.search(r"fleet-gone\s+: ok=0 .*unreachable=1", out), out[-3000:]
+    for host in GPUS + [LB]:
+        assert re.search(r"%s\s+: ok=[1-9]\d* .*unreachable=0 +failed=0" % host, out), out[-3000:]
+    assert "NOT deployed (failed or unreachable, see above): fleet-gone. Deployed: 4 of 5 host(s)." in out
+    listed = node(LB).check_output("ls /etc/nginx/gpufleet-backends").split()
+    assert listed == ["%s.conf" % gpu for gpu in GPUS], listed
 
 
 def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving():

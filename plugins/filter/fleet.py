@@ -19,6 +19,13 @@ def _is_ip(value):
     return True
 
 
+def _host_vars(caller, host, hostvars):
+    host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
+    if host_vars is None:
+        raise AnsibleFilterError("%s: host %r is not in the inventory" % (caller, host))
+    return host_vars
+
+
 def fleet_address(host, hostvars):
     """The address other fleet hosts use for HOST.
 
@@ -26,9 +33,7 @@ def fleet_address(host, hostvars):
     its `ansible_host` when that is an IP address. Anything else is an error that names the host,
     because a silently missing address would leave an allowlist or a backend list short.
     """
-    host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
-    if host_vars is None:
-        raise AnsibleFilterError("fleet_address: host %r is not in the inventory" % host)
+    host_vars = _host_vars("fleet_address", host, hostvars)
     explicit = host_vars.get("fleet_address")
     if explicit:
         return str(explicit)
@@ -81,9 +86,7 @@ def fleet_backends(hosts, hostvars, port_var="nginx_https_port", default_port=44
 def fleet_served_model(host, hostvars):
     """The model name clients send to HOST: its `vllm_served_model_name` when set and not empty
     (vLLM then answers to that name only), else its `vllm_model`; '' when neither is set."""
-    host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
-    if host_vars is None:
-        raise AnsibleFilterError("fleet_served_model: host %r is not in the inventory" % host)
+    host_vars = _host_vars("fleet_served_model", host, hostvars)
     return str(host_vars.get("vllm_served_model_name") or host_vars.get("vllm_model") or "")
 
 

@@ -23,5 +23,9 @@ args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 if args:
     subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)
 PY
+# The Python that runs ansible-test (its script's #! line: the tools' venv), whichever version it is.
+ansible_test_python="$(sed -n '1s/^#!//p' "$(command -v ansible-test)")"
+# shellcheck disable=SC2086 # the #! line may be "/usr/bin/env python3"
+python_version="$($ansible_test_python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 cd "$WORK"
-ansible-test sanity --venv --python 3.11 --requirements --exclude wrapper/ --exclude tests/fixtures/ "$@"
+ansible-test sanity --venv --python "$python_version" --requirements --exclude wrapper/ --exclude tests/fixtures/ "$@"

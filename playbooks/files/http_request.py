@@ -26,10 +26,6 @@ def connect(url, address, ca_file, timeout):
         conn = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
     else:
         context = ssl.create_default_context(cafile=ca_file or None)
-        # Python 3.13 turned on strict X.509 checks, which reject the nginx role's self-signed
-        # certificates (no CA extensions) that curl and nginx accept:
-        # https://docs.python.org/3/library/ssl.html#ssl.create_default_context
-        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         conn = http.client.HTTPSConnection(url.hostname, port, timeout=timeout, context=context)
         sock = context.wrap_socket(sock, server_hostname=url.hostname)
     conn.sock = sock

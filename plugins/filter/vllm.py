@@ -12,7 +12,9 @@ import re
 # "ERROR 11-27 15:21:42 [core.py:1105] " (the engine process logs its traceback that way).
 _PREFIX = r"^\s*(?:\([\w.-]+ pid=\d+\)\s*)?(?:ERROR \d\d-\d\d [\d:.]+ \[[\w.:]+\]\s*)?"
 ERROR_LINE = re.compile(
-    _PREFIX + r"(Value error, .*|(?:[\w.]+\.)?\w*(?:Error|Exception): .*|CUDA out of memory.*)$",
+    _PREFIX + r"(Value error, .*|(?:[\w.]+\.)?\w*(?:Error|Exception): .*|CUDA out of memory.*"
+    # Docker's own refusal to start the container (no nvidia runtime, a bad command).
+    r"|(?:docker: )?Error (?:response from daemon|starting container).*)$",
     re.MULTILINE,
 )
 # Lines that only say that an error happened somewhere else.

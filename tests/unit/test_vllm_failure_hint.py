@@ -157,3 +157,11 @@ def test_a_quantization_other_than_the_checkpoints_is_refused(vllm_filters):
     problems = vllm_filters.vllm_config_problems(config, 256, 1, "gptq")
     assert problems == ["vllm_quantization=gptq does not match the model's quantization awq (config.json); "
                         "leave it empty or set awq"]
+
+
+def test_docker_refusing_to_start_the_container_is_said_first(vllm_filters):
+    failed = ('Error starting container 14e6: 400 Client Error for http+docker://localhost/v1.41/containers/14e6/start: '
+              'Bad Request ("could not select device driver "nvidia" with capabilities: [[gpu]]")')
+    message = vllm_filters.vllm_failure_hint("\n\n" + failed, "m")
+    assert message.startswith("vLLM failed to start m: vLLM said: Error starting container 14e6")
+    assert "likely cause: no GPU or no NVIDIA container runtime" in message

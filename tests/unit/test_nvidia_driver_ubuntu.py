@@ -81,7 +81,12 @@ def test_kernel_step_installs_the_flavours_kernel_metapackage(rendered, ubuntu, 
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_a_running_kernel_without_its_module_package_needs_the_reboot(rendered, host):
-    assert lists(rendered, host)["running_kernel_has_module"] is HOSTS[host][2]
+    got = lists(rendered, host)
+    assert got["running_kernel_has_module"] is HOSTS[host][2]
+    kernel = json.loads((FIXTURES / "facts" / f"{host}.json").read_text())["ansible_kernel"]
+    reasons = got["reboot_reason"].split("; ")
+    assert (f"the running kernel {kernel} has no NVIDIA module" in reasons) is not HOSTS[host][2]
+    assert f"loaded NVIDIA kernel module: none, installed driver: {VERSION}" in reasons
 
 
 @pytest.mark.parametrize("host", HOSTS)

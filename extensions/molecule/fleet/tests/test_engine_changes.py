@@ -52,7 +52,7 @@ def test_settings_the_model_rules_out_fail_before_the_container_is_touched():
     assert "nothing was changed on %s" % HOST in out, out[-3000:]
     assert "vllm_max_model_len=100000 is above the model's maximum length 2048" in out
     assert "vllm_quantization=awq needs a checkpoint quantized with it" in out
-    assert "Take the host out of the load balancers" not in out
+    assert "Mark this host on its load balancers as drained" not in out
     after = vllm_container()
     assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
     assert through_lb.failures == [] and direct.failures == []

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -79,14 +80,11 @@ def tiny_model() -> Path:
     return outdir
 
 
-@pytest.fixture(scope="session")
-def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    existing = os.environ.get("WRAPPER_TEST_VLLM_URL")
-    if existing:
-        yield existing.rstrip("/")
-        return
+@contextmanager
+def serve_vllm(model: Path, log: Path, args: tuple[str, ...] = (),
+               extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real vLLM OpenAI server (CPU) on the model, with extra args and environment."""
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     env = {
         **os.environ,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -95,12 +93,14 @@ def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        **(extra_env or {}),
     }
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model), "--served-model-name", MODEL_NAME,
+        "--model", str(model), "--served-model-name", MODEL_NAME,
         "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--distributed-executor-backend", "uni", "--host", "127.0.0.1", "--port", str(port),
+        *args,
     ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
@@ -117,6 +117,30 @@ def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The generative vLLM most tests use. It keeps Responses API answers (off by
+    default in vLLM) so that retrieve and cancel can be tested; a reused
+    WRAPPER_TEST_VLLM_URL needs VLLM_ENABLE_RESPONSES_API_STORE=1 for that."""
+    existing = os.environ.get("WRAPPER_TEST_VLLM_URL")
+    if existing:
+        yield existing.rstrip("/")
+        return
+    with serve_vllm(tiny_model, tmp_path_factory.mktemp("vllm") / "vllm.log",
+                    extra_env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def vllm_embed_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second vLLM serving the same model as an embedding model: /v1/embeddings
+    exists only with the pooling runner (--convert embed turns the causal LM into
+    one), and one vLLM serves one runner."""
+    log = tmp_path_factory.mktemp("vllm-embed") / "vllm.log"
+    with serve_vllm(tiny_model, log, ("--convert", "embed")) as url:
+        yield url
 
 
 class Wrapper:

@@ -1,6 +1,7 @@
 """A scripted fake upstream for the cases real vLLM cannot produce on demand:
-exact SSE bytes with gaps (byte-for-byte relay, no buffering) and requests
-that never get an answer (timeouts, disconnect before the first byte)."""
+exact SSE bytes with gaps (byte-for-byte relay, no buffering), requests that
+never get an answer (timeouts, disconnect before the first byte), and an
+upstream that drops the connection (before answering, mid-body, mid-stream)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ SSE_CHUNKS = [
 @dataclass
 class StubUpstream:
     """mode: "sse" (SSE_CHUNKS, gap seconds apart), "stall" (never answer),
-    "headers_then_stall" (SSE headers, then nothing)."""
+    "headers_then_stall" (SSE headers, then nothing), "drop" (close without
+    answering), "drop_mid_body" (a JSON answer's headers and half its body, then
+    close), "drop_mid_stream" (the first two SSE_CHUNKS, then close without the
+    chunked encoding's last chunk)."""
 
     mode: str = "sse"
     gap: float = 0.3
@@ -98,6 +102,13 @@ class StubUpstream:
             if self.mode == "stall":
                 self._wait_close(conn)
                 return
+            if self.mode == "drop":
+                return
+            if self.mode == "drop_mid_body":
+                body = b'{"id":"x","object":"chat.completion","choices":[]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body[:20]))
+                return
             head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                     b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
             conn.sendall(head)
@@ -105,6 +116,8 @@ class StubUpstream:
                 self._wait_close(conn)
                 return
             for index, chunk in enumerate(SSE_CHUNKS):
+                if index == 2 and self.mode == "drop_mid_stream":
+                    return
                 if index:
                     time.sleep(self.gap)
                 self.chunk_sent_at.append(time.monotonic())

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from .conftest import MODEL_NAME, Wrapper, metric_value
+from .stub_upstream import StubUpstream
 
 CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hello"}]}
 
@@ -33,7 +34,9 @@ def test_docs_and_openapi(wrapper: Wrapper) -> None:
     assert "swagger" in httpx.get(wrapper.url + "/docs").text.lower()
     spec = httpx.get(wrapper.url + "/openapi.json").json()
     for path in ("/chat", "/v1/chat/completions", "/v1/completions", "/v1/models",
-                 "/v1/embeddings", "/health", "/ready", "/metrics"):
+                 "/v1/embeddings", "/v1/responses", "/v1/responses/{response_id}",
+                 "/v1/responses/{response_id}/cancel", "/tokenize", "/detokenize",
+                 "/v1/messages", "/v1/messages/count_tokens", "/health", "/ready", "/metrics"):
         assert path in spec["paths"], path
 
 
@@ -93,13 +96,107 @@ def test_completions_streaming(wrapper: Wrapper) -> None:
     assert len(events) >= 3
 
 
-def test_embeddings_passes_vllm_answer_through(wrapper: Wrapper, vllm_url: str) -> None:
+def test_embeddings_on_a_generative_model_pass_vllm_answer_through(wrapper: Wrapper,
+                                                                   vllm_url: str) -> None:
     # A generative model serves no embeddings: vLLM's own status and body must come through.
     payload = {"model": MODEL_NAME, "input": "hello"}
     direct = httpx.post(vllm_url + "/v1/embeddings", json=payload)
     via = httpx.post(wrapper.url + "/v1/embeddings", json=payload)
+    assert direct.status_code == 404
     assert via.status_code == direct.status_code
     assert via.content == direct.content
+
+
+def test_embeddings_from_a_pooling_vllm(start_wrapper, vllm_embed_url: str) -> None:
+    w = start_wrapper(VLLM_UPSTREAM_URL=vllm_embed_url)
+    payload = {"model": MODEL_NAME, "input": ["hello", "world"]}
+    r = httpx.post(w.url + "/v1/embeddings", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list"
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert len(body["data"][0]["embedding"]) == 128  # the tiny model's hidden size
+    assert body["data"] == httpx.post(vllm_embed_url + "/v1/embeddings", json=payload).json()["data"]
+    text = httpx.get(w.url + "/metrics").text
+    assert metric_value(text, "vllm_wrapper_requests_total", route="/v1/embeddings",
+                        status="200") == 1
+
+
+def test_tokenize_and_detokenize_round_trip(wrapper: Wrapper, vllm_url: str) -> None:
+    payload = {"model": MODEL_NAME, "prompt": "hello tokens"}
+    r = httpx.post(wrapper.url + "/tokenize", json=payload)
+    assert r.status_code == 200, r.text
+    assert r.content == httpx.post(vllm_url + "/tokenize", json=payload).content
+    tokens = r.json()["tokens"]
+    assert r.json()["count"] == len(tokens) > 2
+    back = httpx.post(wrapper.url + "/detokenize", json={"model": MODEL_NAME, "tokens": tokens})
+    assert back.status_code == 200, back.text
+    assert back.json()["prompt"].endswith("hello tokens")
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(wrapper.url + "/tokenize", json=chat)
+    assert r.status_code == 200, r.text
+    assert r.content == httpx.post(vllm_url + "/tokenize", json=chat).content
+
+
+def test_messages_api(wrapper: Wrapper, vllm_url: str) -> None:
+    payload = {"model": MODEL_NAME, "max_tokens": 4, "ignore_eos": True,
+               "messages": [{"role": "user", "content": "hello"}]}
+    r = httpx.post(wrapper.url + "/v1/messages", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "message"
+    assert body["role"] == "assistant"
+    assert body["usage"]["output_tokens"] == 4
+    count = {"model": MODEL_NAME, "messages": payload["messages"]}
+    r = httpx.post(wrapper.url + "/v1/messages/count_tokens", json=count)
+    assert r.status_code == 200, r.text
+    assert r.json()["input_tokens"] == body["usage"]["input_tokens"]
+    with httpx.stream("POST", wrapper.url + "/v1/messages", json={**payload, "stream": True},
+                      timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["x-accel-buffering"] == "no"
+        text = r.read().decode()
+    events = [line.removeprefix("event: ") for line in text.splitlines()
+              if line.startswith("event: ")]
+    assert events[0] == "message_start"
+    assert events[-1] == "message_stop"
+    assert "content_block_delta" in events
+
+
+def test_responses_api_raw(wrapper: Wrapper) -> None:
+    payload = {"model": MODEL_NAME, "input": "hello", "max_output_tokens": 3, "ignore_eos": True}
+    r = httpx.post(wrapper.url + "/v1/responses", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "response"
+    assert r.json()["usage"]["output_tokens"] == 3
+    stored = httpx.get(wrapper.url + "/v1/responses/" + r.json()["id"])
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["id"] == r.json()["id"]
+    assert stored.json()["output"] == r.json()["output"]
+    # A finished response cannot be cancelled: vLLM's 400 comes through.
+    cancel = httpx.post(wrapper.url + f"/v1/responses/{r.json()['id']}/cancel")
+    assert cancel.status_code == 400
+    assert cancel.json()["error"]["param"] == "response_id"
+    unknown = httpx.get(wrapper.url + "/v1/responses/resp_does_not_exist")
+    assert unknown.status_code == 404
+    assert "resp_does_not_exist" in unknown.json()["error"]["message"]
+
+
+def test_response_ids_cannot_leave_the_route(start_wrapper) -> None:
+    stub = StubUpstream(gap=0.0)
+    try:
+        w = start_wrapper(VLLM_UPSTREAM_URL=stub.url)
+        for method, path in (
+            ("GET", "/v1/responses/%2E%2E"), ("POST", "/v1/responses/%2E%2E/cancel"),
+            ("POST", "/v1/responses/.hidden/cancel"), ("GET", "/v1/responses/x/input_items"),
+            ("POST", "/v1/responses/a%2F..%2F..%2Fstart_profile/cancel"),
+        ):
+            r = httpx.request(method, w.url + path)
+            assert r.status_code in (400, 404), (path, r.text)
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert stub.requests == []
+    finally:
+        stub.close()
 
 
 def test_upstream_4xx_passes_through(wrapper: Wrapper, vllm_url: str) -> None:
@@ -166,11 +263,18 @@ def test_passthrough_rejects_non_object_json(wrapper: Wrapper, body: bytes) -> N
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"), ("GET", "/load"),
-        ("POST", "/v1/responses"), ("POST", "/scale_elastic_ep"), ("POST", "/invocations"),
+        ("GET", "/version"), ("GET", "/load"), ("POST", "/scale_elastic_ep"),
+        ("POST", "/is_scaling_elastic_ep"), ("POST", "/invocations"),
         ("POST", "/inference/v1/generate"), ("POST", "/inference/v1/abort_requests"),
         ("GET", "/v1/chat/completions"), ("POST", "/v1/models"), ("GET", "/ping"),
-        ("POST", "/v1/messages"), ("POST", "/v1/chat/completions/render"),
+        ("POST", "/v1/chat/completions/render"), ("POST", "/v1/completions/render"),
+        ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"),
+        ("POST", "/sleep"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
+        ("POST", "/start_profile"), ("POST", "/stop_profile"), ("POST", "/reset_prefix_cache"),
+        ("POST", "/collective_rpc"), ("GET", "/server_info"), ("POST", "/pause"),
+        ("POST", "/update_weights"), ("GET", "/tokenizer_info"), ("POST", "/generative_scoring"),
+        ("GET", "/v1/responses"), ("DELETE", "/v1/responses/resp_1"), ("GET", "/tokenize"),
+        ("POST", "/v2/embed"), ("POST", "/pooling"), ("POST", "/v1/messages/batches"),
     ],
 )
 def test_vllm_admin_paths_not_reachable(wrapper: Wrapper, method: str, path: str) -> None:

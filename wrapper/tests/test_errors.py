@@ -28,7 +28,11 @@ def _error(r: httpx.Response) -> dict:
 )
 def test_401_without_valid_key(auth_wrapper: Wrapper, headers: dict) -> None:
     for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
-                         ("POST", "/chat"), ("POST", "/v1/completions")):
+                         ("POST", "/chat"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+                         ("POST", "/v1/responses"), ("GET", "/v1/responses/resp_1"),
+                         ("POST", "/v1/responses/resp_1/cancel"), ("POST", "/tokenize"),
+                         ("POST", "/detokenize"), ("POST", "/v1/messages"),
+                         ("POST", "/v1/messages/count_tokens")):
         r = httpx.request(method, auth_wrapper.url + path, json=CHAT, headers=headers)
         assert r.status_code == 401, path
         assert _error(r)["code"] == "invalid_api_key"

@@ -1,11 +1,15 @@
-"""The official openai SDK as a client of the wrapper (sync, async, streaming)."""
+"""The official openai SDK as a client of the wrapper (sync, async, streaming,
+the Responses API)."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import openai
 import pytest
 
-from .conftest import API_KEYS, MODEL_NAME, Wrapper
+from .conftest import API_KEYS, MODEL_NAME, Wrapper, metric_value, wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 
@@ -59,3 +63,66 @@ async def test_async_chat_and_streaming(wrapper: Wrapper) -> None:
         assert finish[-1] == "length"
     finally:
         await client.close()
+
+
+def test_responses_api_create_stream_retrieve(auth_wrapper: Wrapper) -> None:
+    client = openai.OpenAI(base_url=auth_wrapper.url + "/v1", api_key=API_KEYS["alice"],
+                           max_retries=0)
+    done = client.responses.create(model=MODEL_NAME, input="Say hi", max_output_tokens=4,
+                                   extra_body={"ignore_eos": True})
+    assert done.object == "response"
+    assert done.usage is not None and done.usage.output_tokens == 4
+    assert done.output_text
+    stored = client.responses.retrieve(done.id)
+    assert stored.id == done.id
+    assert stored.output_text == done.output_text
+    events = list(client.responses.create(model=MODEL_NAME, input="Say hi", max_output_tokens=3,
+                                          stream=True, extra_body={"ignore_eos": True}))
+    assert events[0].type == "response.created"
+    assert any(e.type == "response.output_text.delta" for e in events)
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage is not None
+    assert events[-1].response.usage.output_tokens == 3
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_never_made")
+    text = httpx.get(auth_wrapper.url + "/metrics").text
+    for route in ("/v1/responses", "/v1/responses/{response_id}"):
+        assert metric_value(text, "vllm_wrapper_requests_total", route=route, key="alice") >= 2
+
+
+def test_responses_api_background_cancel_stops_vllm(auth_wrapper: Wrapper, vllm_url: str) -> None:
+    client = openai.OpenAI(base_url=auth_wrapper.url + "/v1", api_key=API_KEYS["bob"],
+                           max_retries=0)
+    assert wait_until(lambda: _running(vllm_url) == 0, 30)
+    generated_before = _generated(vllm_url)
+    queued = client.responses.create(model=MODEL_NAME, input="go", max_output_tokens=900,
+                                     background=True, extra_body={"ignore_eos": True})
+    assert queued.status in ("queued", "in_progress")
+    assert wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02), "never started in vLLM"
+    cancelled = client.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled"
+    assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.05), "vLLM still generating"
+    time.sleep(2)  # about as long as the whole generation would take
+    assert client.responses.retrieve(queued.id).status == "cancelled"
+    assert _generated(vllm_url) - generated_before < 900 * 0.8, "not cut short"
+    text = httpx.get(auth_wrapper.url + "/metrics").text
+    assert metric_value(text, "vllm_wrapper_requests_total",
+                        route="/v1/responses/{response_id}/cancel", key="bob", status="200") >= 1
+
+
+def test_responses_api_needs_a_key(auth_wrapper: Wrapper) -> None:
+    client = openai.OpenAI(base_url=auth_wrapper.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.responses.create(model=MODEL_NAME, input="x", max_output_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        client.responses.retrieve("resp_x")
+    with pytest.raises(openai.AuthenticationError):
+        client.responses.cancel("resp_x")
+
+
+def _running(vllm_url: str) -> float:
+    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:num_requests_running")
+
+
+def _generated(vllm_url: str) -> float:
+    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:generation_tokens_total")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
@@ -22,7 +22,14 @@ from .logs import lean_records
 from .middleware import INFO_KEY, WrapperMiddleware
 from .proxy import ProxyResponse, Upstream, UpstreamUnavailable
 from .requestinfo import RequestInfo
-from .schemas import ChatRequest, ErrorResponse, Status, passthrough_openapi
+from .schemas import (
+    PASSTHROUGH_BODIES,
+    RESPONSE_ID_PATTERN,
+    ChatRequest,
+    ErrorResponse,
+    Status,
+    passthrough_openapi,
+)
 
 log = logging.getLogger("vllm_wrapper")
 
@@ -147,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_api_route(path, endpoint, methods=["POST"], tags=["openai"], responses=_ERRORS,
                           openapi_extra={**passthrough_openapi(path), **_SECURED})
 
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for path in PASSTHROUGH_BODIES:
         passthrough_post(path)
 
     def handle_models(info: RequestInfo) -> Response:
@@ -159,6 +166,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def models(request: Request) -> Response:
         """Passthrough to vLLM /v1/models."""
         return handle_models(request.scope[INFO_KEY])
+
+    # A stored Responses API answer, by id (one path segment, so it cannot climb
+    # to another vLLM route); only these two forms, both through FastAPI.
+    response_id = Path(pattern=RESPONSE_ID_PATTERN, max_length=256,
+                       description="The id vLLM gave the response (resp_...).")
+
+    @app.get("/v1/responses/{response_id}", tags=["openai"], responses=_ERRORS,
+             openapi_extra=_SECURED)
+    async def retrieve_response(
+        request: Request,
+        response_id: str = response_id,
+        stream: bool = False,
+        starting_after: int | None = Query(default=None, ge=0, le=2**31 - 1),
+    ) -> Response:
+        """Passthrough to vLLM GET /v1/responses/{id} (a stored or background response)."""
+        query = "?stream=true" if stream else ""
+        if starting_after is not None:
+            query += ("&" if query else "?") + f"starting_after={starting_after}"
+        return ProxyResponse(upstream, "GET", f"/v1/responses/{response_id}{query}", None,
+                             request.scope[INFO_KEY])
+
+    @app.post("/v1/responses/{response_id}/cancel", tags=["openai"], responses=_ERRORS,
+              openapi_extra=_SECURED)
+    async def cancel_response(request: Request, response_id: str = response_id) -> Response:
+        """Passthrough to vLLM POST /v1/responses/{id}/cancel (a background response)."""
+        return ProxyResponse(upstream, "POST", f"/v1/responses/{response_id}/cancel", None,
+                             request.scope[INFO_KEY])
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

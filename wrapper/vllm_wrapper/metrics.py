@@ -22,9 +22,11 @@ _LATENCY_BUCKETS = (
 KNOWN_ROUTES = frozenset(
     {
         "/chat", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings",
+        "/v1/responses", "/tokenize", "/detokenize", "/v1/messages", "/v1/messages/count_tokens",
         "/health", "/ready", "/metrics", "/docs", "/openapi.json",
     }
 )
+_RESPONSES = "/v1/responses/"
 
 REQUESTS = Counter(
     "vllm_wrapper_requests_total",
@@ -71,7 +73,13 @@ _ttfb_children: dict[str, Histogram] = {}
 
 
 def route_label(path: str) -> str:
-    return path if path in KNOWN_ROUTES else "other"
+    if path in KNOWN_ROUTES:
+        return path
+    if path.startswith(_RESPONSES):  # one label per route, not per response id
+        response_id, slash, rest = path[len(_RESPONSES):].partition("/")
+        if response_id and (rest == "cancel" or not slash):
+            return "/v1/responses/{response_id}" + slash + rest
+    return "other"
 
 
 def observe_request(route: str, status: int, key: str, duration: float) -> None:

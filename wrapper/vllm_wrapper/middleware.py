@@ -117,6 +117,7 @@ class WrapperMiddleware:
                     "key": info.key_name,
                     "client": scope["client"][0] if scope.get("client") else None,
                     "upstream_status": info.upstream_status,
+                    "upstream_error": info.upstream_error,
                     "stream": info.stream,
                     "bytes_out": bytes_out,
                     "client_disconnected": info.client_disconnected,

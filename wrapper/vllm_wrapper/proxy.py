@@ -156,6 +156,11 @@ class ProxyResponse(Response):
         self.info.client_disconnected = True
         metrics.CLIENT_DISCONNECTS.labels(self.phase).inc()
 
+    def _upstream_failed(self, reason: str) -> None:
+        """Counts an upstream failure (connect, timeout, protocol) and logs its reason."""
+        metrics.UPSTREAM_ERRORS.labels(reason).inc()
+        self.info.upstream_error = reason
+
     async def _send_error(self, send: Send, status: int, message: str, code: str,
                           retry_after: bool = False) -> None:
         headers = [(b"content-type", b"application/json")]
@@ -174,7 +179,7 @@ class ProxyResponse(Response):
                 self.method, url, data=self.body, headers=upstream.headers(self.info.request_id)
             )
         except aiohttp.ConnectionTimeoutError:
-            metrics.UPSTREAM_ERRORS.labels("connect").inc()
+            self._upstream_failed("connect")
             await self._send_error(
                 send, 503,
                 f"upstream (vLLM) did not accept a connection within "
@@ -183,7 +188,7 @@ class ProxyResponse(Response):
             )
             return
         except TimeoutError:
-            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            self._upstream_failed("timeout")
             await self._send_error(
                 send, 504,
                 f"upstream did not answer within {upstream.settings.upstream_timeout} s",
@@ -191,12 +196,12 @@ class ProxyResponse(Response):
             )
             return
         except aiohttp.ServerDisconnectedError:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+            self._upstream_failed("protocol")
             await self._send_error(send, 502, "upstream closed the connection without answering",
                                    "upstream_disconnected", retry_after=True)
             return
         except aiohttp.ClientError as exc:
-            metrics.UPSTREAM_ERRORS.labels("connect").inc()
+            self._upstream_failed("connect")
             log.warning("upstream unreachable: %s: %s", type(exc).__name__, exc,
                         extra={"fields": {"request_id": self.info.request_id}})
             await self._send_error(send, 503, "upstream (vLLM) is unavailable", "upstream_unavailable",
@@ -234,8 +239,7 @@ class ProxyResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
-                metrics.UPSTREAM_ERRORS.labels(reason).inc()
-                self.info.upstream_error = reason
+                self._upstream_failed(reason)
                 event = b"data: " + error_bytes(502, f"upstream stream ended abnormally ({reason})",
                                                 code="upstream_" + reason) + b"\n\n"
                 await send({"type": "http.response.body", "body": event, "more_body": True})
@@ -246,12 +250,12 @@ class ProxyResponse(Response):
         try:
             body = await resp.read()
         except TimeoutError:
-            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            self._upstream_failed("timeout")
             await self._send_error(send, 504, "upstream timed out while sending its answer",
                                    "upstream_timeout")
             return
         except aiohttp.ClientError:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+            self._upstream_failed("protocol")
             await self._send_error(send, 502, "upstream connection failed mid-answer",
                                    "upstream_disconnected", retry_after=True)
             return

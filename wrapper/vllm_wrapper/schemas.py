@@ -58,18 +58,24 @@ class Status(BaseModel):
     status: str
 
 
-_MESSAGES = {
-    "type": "array",
-    "minItems": 1,
-    "items": {
-        "type": "object",
-        "required": ["role", "content"],
-        "properties": {
-            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-            "content": {"type": "string"},
+def _messages(*roles: str) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"type": "string", "enum": list(roles)},
+                "content": {"type": "string"},
+            },
         },
-    },
-}
+    }
+
+
+_MESSAGES = _messages("system", "user", "assistant")
+# The Messages API takes the system prompt as a field of its own, not as a message.
+_ANTHROPIC_MESSAGES = _messages("user", "assistant")
 _COMMON: dict[str, Any] = {
     "model": {"type": "string"},
     "max_tokens": {"type": "integer", "minimum": 1},
@@ -92,7 +98,44 @@ PASSTHROUGH_BODIES: dict[str, dict[str, Any]] = {
         "required": ["input"],
         "properties": {"input": {"type": "string"}, "model": {"type": "string"}},
     },
+    "/v1/responses": {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"type": "string"},
+            "model": {"type": "string"},
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "temperature": _COMMON["temperature"],
+            "stream": {"type": "boolean"},
+            "background": {"type": "boolean"},
+        },
+    },
+    "/tokenize": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}},
+    },
+    "/detokenize": {
+        "type": "object",
+        "required": ["tokens"],
+        "properties": {"tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                       "model": {"type": "string"}},
+    },
+    # vLLM's Anthropic-compatible Messages API (a generative model only).
+    "/v1/messages": {
+        "type": "object",
+        "required": ["model", "messages", "max_tokens"],
+        "properties": {"messages": _ANTHROPIC_MESSAGES, **_COMMON},
+    },
+    "/v1/messages/count_tokens": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {"messages": _ANTHROPIC_MESSAGES, "model": {"type": "string"}},
+    },
 }
+# vLLM names a response resp_<hex>, or after the request's own request_id: one
+# path segment that is neither "." nor "..".
+RESPONSE_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._:@+=-]*$"
 
 
 def passthrough_openapi(path: str) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><body>fixture docs</body></html>", "text/html")
         elif self.path == "/openapi.json":
             self._send(200, {"openapi": "3.1.0", "info": {"title": "fixture"}, "paths": {}})
+        elif self.path.startswith("/v1/responses/"):
+            self._send(200, {"object": "response", **self._echo()})
         else:
             self._send(404, {"error": {"message": "fixture: no such path", "type": "not_found_error",
                                        "param": None, "code": None}})

@@ -218,6 +218,58 @@ def test_allowlisted_paths_reach_the_upstream(host, path):
     assert out == "200"
 
 
+# One request at a time, a little under the per-address rate (10 r/s), each on its own connection.
+PACED = """
+import http.client, json, ssl, time
+def paced(cases):
+    out = []
+    for method, path in cases:
+        conn = http.client.HTTPSConnection("127.0.0.1", 443, context=ssl._create_unverified_context(), timeout=20)
+        body = None if method == "GET" else b"{}"
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        out.append([method, path, resp.status, resp.read().decode()])
+        conn.close()
+        time.sleep(0.15)
+    return out
+"""
+
+
+def test_vllm_client_api_reaches_the_upstream(host):
+    # vLLM's client routes (Responses API with ids, embeddings, tokenizer, Messages API) as the
+    # wrapper serves them; the upstream echoes the path (with the query) it was sent.
+    cases = [
+        ["POST", "/v1/responses"], ["GET", "/v1/responses/resp_0a1b2c"],
+        ["GET", "/v1/responses/resp_0a1b2c?stream=true&starting_after=2"],
+        ["POST", "/v1/responses/resp_0a1b2c/cancel"], ["POST", "/v1/embeddings"],
+        ["POST", "/tokenize"], ["POST", "/detokenize"], ["POST", "/v1/messages"],
+        ["POST", "/v1/messages/count_tokens"],
+    ]
+    results = py(host, PACED + f"print(json.dumps(paced({cases!r})))")
+    for method, path, status, body in results:
+        assert status == 200, (method, path, body)
+        assert json.loads(body)["path"] == path
+
+
+def test_vllm_admin_and_unknown_paths_get_404_json(host):
+    # vLLM's admin routes and shapes next to the passed ones stop at nginx; dot segments (also
+    # percent-encoded) are resolved before the locations match.
+    cases = [
+        ["POST", "/v1/load_lora_adapter"], ["POST", "/sleep"], ["POST", "/wake_up"],
+        ["POST", "/start_profile"], ["POST", "/scale_elastic_ep"], ["POST", "/reset_prefix_cache"],
+        ["GET", "/version"], ["POST", "/inference/v1/generate"], ["GET", "/v1/responses/"],
+        ["GET", "/v1/responses/resp_1/input_items"], ["POST", "/v1/responses/a/b/cancel"],
+        ["POST", "/v1/responses/%2e%2e/%2e%2e/start_profile"], ["POST", "/tokenize/x"],
+        ["POST", "/v1/messages/batches"],
+    ]
+    results = py(host, PACED + f"print(json.dumps(paced({cases!r})))")
+    for method, path, status, body in results:
+        assert status == 404, (method, path, body)
+        error = json.loads(body)["error"]
+        assert error["type"] == "not_found_error", (method, path)
+        assert error["message"].startswith("Unknown path"), (method, path)  # nginx's, not the upstream's
+
+
 def test_authorization_reaches_the_upstream(host):
     out = host.check_output(f"{CURL} -k -H 'Authorization: Bearer sk-molecule-secret' https://{NAME}/v1/models")
     assert json.loads(out)["authorization_seen"] is True

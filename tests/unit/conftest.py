@@ -44,6 +44,11 @@ def vllm_status():
 
 
 @pytest.fixture(scope="session")
+def container_keep():
+    return _load("plugins/modules/container_keep.py")
+
+
+@pytest.fixture(scope="session")
 def fleet_filters():
     return _load("plugins/filter/fleet.py")
 

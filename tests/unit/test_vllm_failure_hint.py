@@ -3,7 +3,6 @@ the shape huggingface_hub and Docker print them) and the settings check against 
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pytest

@@ -14,6 +14,7 @@ import tempfile
 import testinfra
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from host_http import put, request  # noqa: E402
 from loadgen import LoadGenerator  # noqa: E402
 from playbooks import run_playbook  # noqa: E402
 
@@ -89,10 +90,12 @@ def test_backends_count_the_real_client_not_the_load_balancer():
 
 def test_host_metrics_are_not_reachable_from_other_hosts():
     gpu = GPUS[0]
-    url = "https://%s/metrics/vllm" % address(gpu)[0]
-    assert node(LB).check_output("curl -sk -o /dev/null -w '%%{http_code}' %s", url) == "403"
-    local = node(gpu).check_output("curl -sk https://127.0.0.1/metrics/vllm")
-    assert "vllm:num_requests_running" in local
+    url = "https://%s/metrics/vllm" % gpu  # the name in the host's self-signed certificate
+    cert, copy = "/etc/nginx/tls/%s.crt" % gpu, "/tmp/%s.crt" % gpu
+    put(node(LB), copy, node(gpu).file(cert).content_string)
+    assert request(node(LB), url, connect_to=address(gpu)[0], ca_file=copy)[0] == 403
+    status, local = request(node(gpu), url, connect_to="127.0.0.1", ca_file=cert)
+    assert status == 200 and "vllm:num_requests_running" in local
 
 
 def playbook_with_unreachable_host(name):

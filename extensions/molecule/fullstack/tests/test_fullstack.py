@@ -2,8 +2,12 @@
 
 import json
 import pathlib
+import sys
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from host_http import get_json, request  # noqa: E402
 
 testinfra_hosts = ["ansible://gpu_servers"]
 
@@ -13,20 +17,14 @@ SECRETS = pathlib.Path(__file__).resolve().parents[1].joinpath("secrets").read_t
 WRAPPER = "http://127.0.0.1:8001"
 
 
-def curl(host, path, *args, key=KEY):
-    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    return host.run(f"curl -sS -w '\\n%{{http_code}}' {auth} {' '.join(args)} {WRAPPER}{path}")
-
-
-def body_and_status(result):
-    body, status = result.stdout.rsplit("\n", 1)
-    return body, int(status)
+def wrapper(host, path, body=None, key=KEY):
+    """(body, status) of a request to the wrapper on the host's loopback."""
+    code, text = request(host, WRAPPER + path, body=body, key=key)
+    return text, code
 
 
 def chat_body(stream):
-    return json.dumps(
-        {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": stream}
-    )
+    return {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": stream}
 
 
 @pytest.mark.parametrize("name, port", [("vllm-server", 8000), ("vllm-wrapper", 8001)])
@@ -38,26 +36,24 @@ def test_container_running_and_listening_on_loopback_only(host, name, port):
 
 
 def test_vllm_answers_health_and_serves_the_model(host):
-    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/health") == "200"
-    models = json.loads(host.check_output("curl -s http://127.0.0.1:8000/v1/models"))
+    assert request(host, "http://127.0.0.1:8000/health")[0] == 200
+    models = get_json(host, "http://127.0.0.1:8000/v1/models")
     assert [m["id"] for m in models["data"]] == ["tiny-llama"]
 
 
 def test_wrapper_ready(host):
-    body, status = body_and_status(curl(host, "/ready", key=None))
+    body, status = wrapper(host, "/ready", key=None)
     assert status == 200, body
 
 
 def test_models_through_the_wrapper(host):
-    body, status = body_and_status(curl(host, "/v1/models"))
+    body, status = wrapper(host, "/v1/models")
     assert status == 200
     assert json.loads(body)["data"][0]["id"] == "tiny-llama"
 
 
 def test_chat_completion(host):
-    body, status = body_and_status(
-        curl(host, "/v1/chat/completions", "-H 'Content-Type: application/json'", f"-d '{chat_body(False)}'")
-    )
+    body, status = wrapper(host, "/v1/chat/completions", chat_body(False))
     assert status == 200, body
     reply = json.loads(body)
     assert reply["object"] == "chat.completion"
@@ -66,9 +62,7 @@ def test_chat_completion(host):
 
 
 def test_chat_completion_streaming(host):
-    body, status = body_and_status(
-        curl(host, "/v1/chat/completions", "-N -H 'Content-Type: application/json'", f"-d '{chat_body(True)}'")
-    )
+    body, status = wrapper(host, "/v1/chat/completions", chat_body(True))
     assert status == 200, body
     events = [line[len("data: "):] for line in body.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -77,14 +71,14 @@ def test_chat_completion_streaming(host):
 
 
 def test_guide_chat_endpoint(host):
-    payload = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
-    body, status = body_and_status(curl(host, "/chat", "-H 'Content-Type: application/json'", f"-d '{payload}'"))
+    payload = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    body, status = wrapper(host, "/chat", payload)
     assert status == 200, body
 
 
 @pytest.mark.parametrize("key", [None, "sk-wrong"])
 def test_missing_or_wrong_key_gets_openai_shaped_401(host, key):
-    body, status = body_and_status(curl(host, "/v1/models", key=key))
+    body, status = wrapper(host, "/v1/models", key=key)
     assert status == 401
     assert set(json.loads(body)["error"]) >= {"message", "type", "param", "code"}
 

@@ -1,48 +1,51 @@
 """Prometheus on mon01 scrapes the GPU host through its nginx; dashboards and alert rules work on it."""
 
 import json
-import os
 import pathlib
 import re
 import ssl
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
-import testinfra
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from host_http import get_json, put, request  # noqa: E402
 
 testinfra_hosts = ["ansible://monitoring"]
 
 HERE = pathlib.Path(__file__).resolve().parent
 DASHBOARDS = HERE.parents[3] / "roles" / "monitoring" / "files" / "dashboards"
 GPU_HOST = "fullstack-bookworm"
+NAME = "gpu01.fleet.test"
+ROOT_CA = "/tmp/pebble-root.pem"
 PROM = "http://127.0.0.1:9090"
 KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
 ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError"}
 
 
 @pytest.fixture(scope="module")
-def gpu():
-    return testinfra.get_host(f"ansible://{GPU_HOST}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+def root_ca(host, gpu, pebble_ca):
+    """pebble's root on both hosts, to check nginx's certificate."""
+    put(host, ROOT_CA, pebble_ca.read_text())
+    put(gpu, ROOT_CA, pebble_ca.read_text())
+    return ROOT_CA
 
 
-@pytest.fixture(scope="module")
-def gpu_address(gpu):
-    facts = gpu.ansible("setup", "filter=ansible_default_ipv4", check=False)
-    return facts["ansible_facts"]["ansible_default_ipv4"]["address"]
+def nginx(host, address, path, root_ca, body=None, key=None):
+    """Status of a request to the GPU host's nginx at ADDRESS, its certificate checked."""
+    return request(host, f"https://{NAME}{path}", body=body, key=key, ca_file=root_ca, connect_to=address)[0]
 
 
 def query(host, expr):
-    result = host.run("curl -sS -G %s/api/v1/query --data-urlencode %s", PROM, f"query={expr}")
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
+    return get_json(host, f"{PROM}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
 
 
 def targets(host):
-    result = host.run("curl -sS %s/api/v1/targets?state=active", PROM)
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)["data"]["activeTargets"]
+    return get_json(host, f"{PROM}/api/v1/targets?state=active")["data"]["activeTargets"]
 
 
 def dashboard_queries():
@@ -63,7 +66,7 @@ def test_prometheus_running_on_port_9090(host):
     service = host.service("prometheus")
     assert service.is_running and service.is_enabled
     assert host.socket("tcp://0.0.0.0:9090").is_listening
-    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/-/ready") == "200"
+    assert request(host, f"{PROM}/-/ready")[0] == 200
 
 
 def test_configuration_passes_promtool(host):
@@ -102,15 +105,13 @@ def test_node_exporter_on_loopback_only(gpu):
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/node"])
-def test_metrics_through_nginx_from_the_monitoring_host(host, gpu_address, path):
-    out = host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' https://{gpu_address}{path}")
-    assert out == "200"
+def test_metrics_through_nginx_from_the_monitoring_host(host, gpu_address, root_ca, path):
+    assert nginx(host, gpu_address, path, root_ca) == 200
 
 
-def test_metrics_forbidden_from_other_addresses(gpu, gpu_address):
+def test_metrics_forbidden_from_other_addresses(gpu, gpu_address, root_ca):
     # The GPU host itself through its non-loopback address: not in nginx_metrics_allow.
-    out = gpu.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' https://{gpu_address}/metrics/vllm")
-    assert out == "403"
+    assert nginx(gpu, gpu_address, "/metrics/vllm", root_ca) == 403
     # This test machine (the Docker bridge address).
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -122,8 +123,7 @@ def test_metrics_forbidden_from_other_addresses(gpu, gpu_address):
 
 
 def test_alert_rules_loaded(host):
-    result = host.run("curl -sS %s/api/v1/rules", PROM)
-    groups = json.loads(result.stdout)["data"]["groups"]
+    groups = get_json(host, f"{PROM}/api/v1/rules")["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
     assert set(rules) >= ALERTS
     for name in ALERTS:
@@ -149,16 +149,11 @@ def test_dashboard_query_accepted_by_prometheus(host, board, panel, expr):
     assert answer["status"] == "success", (board, panel, answer)
 
 
-def test_vllm_panels_return_data(host, gpu):
+def test_vllm_panels_return_data(host, gpu, root_ca):
     # Some traffic through nginx so the counters and histograms move, then two scrapes.
     for prompt in ("hi", "hello", "how are you"):
-        body = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8})
-        gpu.run_expect(
-            [0],
-            "curl -sfk -o /dev/null -H %s -H 'Content-Type: application/json' -d %s https://127.0.0.1/v1/chat/completions",
-            f"Authorization: Bearer {KEY}",
-            body,
-        )
+        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+        assert nginx(gpu, "127.0.0.1", "/v1/chat/completions", root_ca, body=body, key=KEY) == 200
     time.sleep(12)
     empty = []
     for board, panel, expr in dashboard_queries():
@@ -172,6 +167,6 @@ def test_vllm_panels_return_data(host, gpu):
 
 
 def test_alert_expressions_accepted(host):
-    groups = json.loads(host.check_output("curl -sS %s/api/v1/rules", PROM))["data"]["groups"]
+    groups = get_json(host, f"{PROM}/api/v1/rules")["data"]["groups"]
     for rule in (r for g in groups for r in g["rules"]):
         assert query(host, rule["query"])["status"] == "success", rule["query"]

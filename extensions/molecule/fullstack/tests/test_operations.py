@@ -6,6 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from host_http import pebble_root  # noqa: E402
 from playbooks import run_playbook  # noqa: E402
 
 testinfra_hosts = ["ansible://gpu_servers"]
@@ -71,7 +72,38 @@ def test_restart_comes_back_ready_with_the_same_containers(host):
 
 
 def test_smoke_test_through_nginx_with_verified_tls(host):
-    host.run_expect([0], "test -s /tmp/pebble-root.pem || curl -sk https://127.0.0.1:15000/roots/0 -o /tmp/pebble-root.pem")
+    pebble_root(host, "/tmp/pebble-root.pem")
     rc, out = playbook("smoke_test.yml", "-e", "smoke_test_ca_file=/tmp/pebble-root.pem")
     assert rc == 0, out
     assert "fullstack-bookworm: PASS in" in out
+
+
+# Each failure names its cause. (Extra vars only steer the smoke test here: it deploys nothing.)
+@pytest.mark.parametrize(
+    "extra, cause",
+    [
+        (["smoke_test_ca_file=/tmp/pebble-root.pem", "nginx_https_port=8443"], "connection refused by 127.0.0.1:8443"),
+        (["smoke_test_ca_file=/etc/ssl/certs/ca-certificates.crt"], "TLS with 127.0.0.1:443 (gpu01.fleet.test"),
+        (
+            ["smoke_test_ca_file=/tmp/pebble-root.pem", "smoke_test_api_key=sk-wrong"],
+            "HTTP 401 from https://gpu01.fleet.test:443/v1/chat/completions: authentication_error: ",
+        ),
+    ],
+    ids=["refused", "tls", "http-401"],
+)
+def test_smoke_test_failure_names_its_cause(host, extra, cause):
+    pebble_root(host, "/tmp/pebble-root.pem")
+    rc, out = playbook("smoke_test.yml", *[arg for pair in extra for arg in ("-e", pair)])
+    assert rc != 0
+    assert "fullstack-bookworm: smoke test failed: " + cause in out, out[-2000:]
+
+
+def test_smoke_test_names_a_timeout_when_the_engine_hangs(host):
+    pid = host.check_output("docker inspect -f '{{.State.Pid}}' vllm-server")
+    host.run_expect([0], f"kill -STOP {pid}")  # vLLM stops answering; the wrapper waits for it
+    try:
+        rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper", "-e", "smoke_test_timeout=3")
+    finally:
+        host.run_expect([0], f"kill -CONT {pid}")
+    assert rc != 0
+    assert "fullstack-bookworm: smoke test failed: timeout: no answer from 127.0.0.1:8001 within 3.0 s" in out, out[-2000:]

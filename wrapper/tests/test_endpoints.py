@@ -307,3 +307,19 @@ def test_metrics(wrapper: Wrapper) -> None:
     for name in ("vllm_wrapper_request_duration_seconds_bucket", "vllm_wrapper_requests_in_flight",
                  "vllm_wrapper_time_to_first_byte_seconds_bucket"):
         assert name in text
+
+
+def test_retrieve_passes_its_query_parameters(start_wrapper) -> None:
+    stub = StubUpstream(gap=0.0)
+    try:
+        w = start_wrapper(VLLM_UPSTREAM_URL=stub.url)
+        r = httpx.get(w.url + "/v1/responses/resp_0a1b?stream=true&starting_after=2")
+        assert r.status_code == 200  # the stub answers SSE
+        assert r.headers["x-accel-buffering"] == "no"
+        bad = httpx.get(w.url + "/v1/responses/resp_0a1b?starting_after=-5")
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "query.starting_after"
+        assert [req.split(b" ")[1] for req in stub.requests] == [
+            b"/v1/responses/resp_0a1b?stream=true&starting_after=2"]
+    finally:
+        stub.close()

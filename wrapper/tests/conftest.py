@@ -10,6 +10,7 @@ Environment knobs:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -167,6 +168,11 @@ class Wrapper:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def records(self) -> list[dict]:
+        """The JSON log records, one per newline-ended line (a logged path may hold
+        U+0085 or U+2028, where str.splitlines() would also break)."""
+        return [json.loads(line) for line in self.logs().split("\n") if line.strip()]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

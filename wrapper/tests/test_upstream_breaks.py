@@ -44,8 +44,8 @@ def _count(w: Wrapper, name: str, **labels: str) -> float:
 
 def _access_log(w: Wrapper, request_id: str) -> dict:
     assert wait_until(lambda: request_id in w.logs(), 5)
-    lines = [json.loads(line) for line in w.logs().splitlines() if request_id in line]
-    return next(r for r in lines if r["logger"] == "vllm_wrapper.access")
+    return next(r for r in w.records()
+                if r["logger"] == "vllm_wrapper.access" and r.get("request_id") == request_id)
 
 
 @pytest.mark.parametrize(("mode", "path"), [

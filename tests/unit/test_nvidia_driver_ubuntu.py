@@ -62,7 +62,7 @@ def installed(host):
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_module_metapackage_of_the_kernel_flavour_hwe_included(rendered, ubuntu, host):
-    release, flavour, _ = HOSTS[host]
+    release, flavour = HOSTS[host][:2]
     got = lists(rendered, host)
     assert got["kernel_flavour"] == flavour
     assert got["module_packages"] == [ubuntu["modules"][release][flavour]["name"]]
@@ -72,7 +72,7 @@ def test_module_metapackage_of_the_kernel_flavour_hwe_included(rendered, ubuntu,
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_kernel_step_installs_the_flavours_kernel_metapackage(rendered, ubuntu, host):
-    release, flavour, _ = HOSTS[host]
+    release, flavour = HOSTS[host][:2]
     got = lists(rendered, host)
     assert got["kernel_packages"] == [f"linux-image-{flavour}"]
     assert got["kernel_packages"][0] in ubuntu["kernels"][release][flavour]
@@ -111,7 +111,7 @@ def test_fabric_manager_packages_from_multiverse(rendered, ubuntu, host):
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_every_package_of_the_stack_is_held_with_the_kernel_metapackages(rendered, host):
-    release, flavour, _ = HOSTS[host]
+    release, flavour = HOSTS[host][:2]
     got = set(lists(rendered, host)["held_packages"])
     packages = installed(host)
     stack = {name for name in packages if "nvidia" in name}
@@ -127,7 +127,7 @@ def unattended_upgrades_blacklist(path):
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_unattended_upgrades_blocks_the_stack_and_its_kernel_together(rendered, host):
-    _, flavour, _ = HOSTS[host]
+    flavour = HOSTS[host][1]
     entries = unattended_upgrades_blacklist(rendered / f"{host}.unattended-upgrades")
     assert entries, "no Package-Blacklist entries rendered"
 

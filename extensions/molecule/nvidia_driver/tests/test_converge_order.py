@@ -54,13 +54,13 @@ def converge(host):
     name = host.backend.get_hostname()
     for path in sorted(JUNIT.glob("converge-*.xml"), key=lambda p: float(p.stem.split("-", 1)[1])):
         ran = tasks_of(path, name)
-        if (MODULE, "changed") in [(task, status) for task, status, _ in ran]:
+        if (MODULE, "changed") in [(task, result) for task, result, _message in ran]:
             return ran
     pytest.fail(f"no converge in {JUNIT} installed the kernel module on {name}")
 
 
 def position(ran, task):
-    names = [name for name, _, _ in ran]
+    names = [entry[0] for entry in ran]
     assert task in names, f"{task} did not run"
     return names.index(task)
 
@@ -70,7 +70,7 @@ def status(ran, task):
 
 
 def test_nothing_failed(converge):
-    assert [task for task, result, _ in converge if result == "failed"] == []
+    assert [task for task, result, _message in converge if result == "failed"] == []
 
 
 def test_kernel_module_reboot_fabric_manager_persistenced_in_that_order(host, converge):

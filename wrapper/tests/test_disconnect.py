@@ -44,25 +44,39 @@ def _raw_request(url: str, path: str, body: dict) -> socket.socket:
     return sock
 
 
-def _wait_running(vllm_url: str) -> None:
-    assert wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02), "request never started in vLLM"
+def _read_events(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while data.count(b"data: ") < count:
+        chunk = sock.recv(65536)
+        assert chunk, "stream ended early"
+        data += chunk
+    assert b"200 OK" in data.split(b"\r\n")[0]
+    return data
+
+
+def _send_seen_running(vllm_url: str, url: str, path: str, body: dict) -> tuple[socket.socket, float]:
+    """Sends the request and returns once vLLM shows it running, with vLLM's generated-token count
+    from before it. vLLM updates its running gauge only now and then, and a whole 1000-token answer
+    can take as little as 1.5 s on a free machine: a request that ends before it is ever seen
+    running tested nothing yet, so it is sent again (at most three times)."""
+    for _attempt in range(3):
+        assert wait_until(lambda: _running(vllm_url) == 0, 30)
+        generated_before = _generated(vllm_url)
+        sock = _raw_request(url, path, body)
+        if body.get("stream"):
+            _read_events(sock, 3)
+        if wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02):
+            return sock, generated_before
+        sock.close()
+    pytest.fail("request never seen running in vLLM (3 tries)")
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat"])
 def test_disconnect_mid_stream_aborts_vllm_request(wrapper: Wrapper, vllm_url: str,
                                                     path: str) -> None:
-    assert wait_until(lambda: _running(vllm_url) == 0, 30)
-    generated_before = _generated(vllm_url)
     body = {**LONG, "stream": True} if path != "/chat" else {
         "messages": LONG["messages"], "max_tokens": 1000, "stream": True}
-    sock = _raw_request(wrapper.url, path, body)
-    data = b""
-    while data.count(b"data: ") < 3:
-        chunk = sock.recv(65536)
-        assert chunk, "stream ended early"
-        data += chunk
-    assert b"200 OK" in data.split(b"\r\n")[0]
-    _wait_running(vllm_url)
+    sock, generated_before = _send_seen_running(vllm_url, wrapper.url, path, body)
     t0 = time.monotonic()
     sock.close()
     assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.02), "vLLM still running the request"
@@ -73,18 +87,7 @@ def test_disconnect_mid_stream_aborts_vllm_request(wrapper: Wrapper, vllm_url: s
 
 
 def test_disconnect_non_streaming_aborts_vllm_request(wrapper: Wrapper, vllm_url: str) -> None:
-    # vLLM updates its running gauge only now and then, and a whole 1000-token answer can take as
-    # little as 1.5 s on a free machine: when the request ends before it is ever seen running,
-    # nothing was tested yet, so send it again (at most three times).
-    for _attempt in range(3):
-        assert wait_until(lambda: _running(vllm_url) == 0, 30)
-        generated_before = _generated(vllm_url)
-        sock = _raw_request(wrapper.url, "/v1/chat/completions", LONG)
-        if wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02):
-            break
-        sock.close()
-    else:
-        pytest.fail("request never seen running in vLLM (3 tries)")
+    sock, generated_before = _send_seen_running(vllm_url, wrapper.url, "/v1/chat/completions", LONG)
     sock.close()
     assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.02), "vLLM still running the request"
     time.sleep(3)  # longer than the whole generation would take

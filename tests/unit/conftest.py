@@ -19,11 +19,6 @@ def _load(relative):
 
 
 @pytest.fixture(scope="session")
-def preflight_filters():
-    return _load("plugins/filter/preflight.py")
-
-
-@pytest.fixture(scope="session")
 def gpu_facts():
     return _load("plugins/modules/gpu_facts.py")
 

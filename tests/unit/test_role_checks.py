@@ -1,0 +1,115 @@
+"""Each role checks its own inputs: the table of settings the preflight role used to check is now
+in the roles' argument specs (types, choices) and their tasks/preflight.yml (ranges, powers of two).
+
+One ansible-playbook run (tests/unit/fixtures/role_checks/check.yml) includes a role's `preflight`
+entry point on one local host per case, with the case's settings as inventory variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PLAYBOOK = ROOT / "tests" / "unit" / "fixtures" / "role_checks" / "check.yml"
+
+# (role, settings, expected fragments of the failure message; None: the checks pass)
+CASES = {
+    "vllm-good": ("vllm", {"vllm_gpu_memory_utilization": "0.85", "vllm_tensor_parallel_size": "8",
+                           "vllm_max_model_len": 16, "vllm_port": 9000}, None),
+    "vllm-utilization-1": ("vllm", {"vllm_gpu_memory_utilization": 1}, None),
+    "vllm-utilization-0": ("vllm", {"vllm_gpu_memory_utilization": 0},
+                           ["vllm_gpu_memory_utilization=0 is not allowed", "in (0, 1]"]),
+    "vllm-utilization-1.01": ("vllm", {"vllm_gpu_memory_utilization": 1.01},
+                              ["vllm_gpu_memory_utilization=1.01 is not allowed", "in (0, 1]"]),
+    "vllm-utilization-true": ("vllm", {"vllm_gpu_memory_utilization": True},
+                              ["vllm_gpu_memory_utilization=True is not allowed", "in (0, 1]"]),
+    "vllm-utilization-text": ("vllm", {"vllm_gpu_memory_utilization": "lots"},
+                              ["argument 'vllm_gpu_memory_utilization' is of type str", "float"]),
+    "vllm-tp-3": ("vllm", {"vllm_tensor_parallel_size": 3},
+                  ["vllm_tensor_parallel_size=3 is not allowed", "power of two"]),
+    "vllm-tp-0": ("vllm", {"vllm_tensor_parallel_size": 0},
+                  ["vllm_tensor_parallel_size=0 is not allowed", "power of two"]),
+    "vllm-tp-fraction": ("vllm", {"vllm_tensor_parallel_size": 2.5},
+                         ["argument 'vllm_tensor_parallel_size' is of type float", "int"]),
+    "vllm-max-model-len-15": ("vllm", {"vllm_max_model_len": 15},
+                              ["vllm_max_model_len=15 is not allowed", "16 or more"]),
+    "vllm-port-0": ("vllm", {"vllm_port": 0}, ["vllm_port=0 is not allowed", "TCP port from 1 to 65535"]),
+    "vllm-port-70000": ("vllm", {"vllm_port": 70000}, ["vllm_port=70000 is not allowed", "TCP port from 1 to 65535"]),
+    "vllm-two-bad": ("vllm", {"vllm_max_model_len": 0, "vllm_port": -1},
+                     ["vllm_max_model_len=0 is not allowed", "vllm_port=-1 is not allowed"]),
+    "wrapper-good": ("wrapper", {"wrapper_port": "9001", "wrapper_workers": 64, "wrapper_default_max_tokens": 1,
+                                 "wrapper_default_temperature": 0}, None),
+    "wrapper-port-text": ("wrapper", {"wrapper_port": "eighty"}, ["argument 'wrapper_port' is of type str", "int"]),
+    "wrapper-port-65536": ("wrapper", {"wrapper_port": 65536},
+                           ["wrapper_port=65536 is not allowed", "TCP port from 1 to 65535"]),
+    "wrapper-workers-65": ("wrapper", {"wrapper_workers": 65}, ["wrapper_workers=65 is not allowed", "from 1 to 64"]),
+    "wrapper-workers-0": ("wrapper", {"wrapper_workers": 0}, ["wrapper_workers=0 is not allowed", "from 1 to 64"]),
+    "wrapper-max-tokens-0": ("wrapper", {"wrapper_default_max_tokens": 0},
+                             ["wrapper_default_max_tokens=0 is not allowed", "1 or more"]),
+    "wrapper-temperature-2.5": ("wrapper", {"wrapper_default_temperature": 2.5},
+                                ["wrapper_default_temperature=2.5 is not allowed", "from 0 to 2"]),
+    "wrapper-temperature-negative": ("wrapper", {"wrapper_default_temperature": -0.1},
+                                     ["wrapper_default_temperature=-0.1 is not allowed", "from 0 to 2"]),
+    "docker-distro": ("docker", {"docker_package_source": "distro"}, None),
+    "docker-snap": ("docker", {"docker_package_source": "snap"},
+                    ["docker_package_source must be one of: docker, distro, got: snap"]),
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    work = tmp_path_factory.mktemp("role-checks")
+    hosts = {name: {"case_role": role, **settings} for name, (role, settings, _expected) in CASES.items()}
+    inventory = {
+        "cases": {
+            "hosts": hosts,
+            # The vllm role's GPU check reads the preflight role's count; docker's default repository
+            # URL reads the distribution, which this run does not gather.
+            "vars": {"preflight_gpu_count": 8, "docker_repo_url": "https://download.docker.com/linux/debian"},
+        }
+    }
+    (work / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory", ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", str(work / "inventory.yml"), str(PLAYBOOK), "-e", f"out_dir={work}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads((work / "results.json").read_text())
+
+
+@pytest.mark.parametrize("case", [name for name, case in CASES.items() if case[2] is None])
+def test_good_settings_pass(results, case):
+    assert results[case] == {"failed": False, "msg": ""}
+
+
+@pytest.mark.parametrize("case", [name for name, case in CASES.items() if case[2] is not None])
+def test_bad_settings_fail_naming_the_variable_and_what_is_allowed(results, case):
+    outcome = results[case]
+    assert outcome["failed"], f"{case}: the checks passed"
+    for fragment in CASES[case][2]:
+        assert fragment in outcome["msg"], f"{case}: {fragment!r} not in {outcome['msg']!r}"
+
+
+def specs(role):
+    return yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+
+
+def checked_roles():
+    defaults = yaml.safe_load((ROOT / "roles" / "preflight" / "defaults" / "main.yml").read_text())
+    return defaults["preflight_role_checks"] + defaults["preflight_gpu_role_checks"]
+
+
+@pytest.mark.parametrize("role", checked_roles())
+def test_preflight_entry_point_validates_every_option_of_main(role):
+    """The preflight role runs tasks_from: preflight, so the spec it validates is the `preflight` entry point."""
+    entry_points = specs(role)
+    assert "preflight" in entry_points, f"{role} has no preflight entry point: its argument specs would not run"
+    assert entry_points["preflight"]["options"] == entry_points["main"]["options"]
+    assert (ROOT / "roles" / role / "tasks" / "preflight.yml").is_file()

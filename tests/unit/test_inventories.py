@@ -48,10 +48,13 @@ def scenario_inventory(scenario, dest):
         hosts[name] = dict((inventory.get("host_vars") or {}).get(name) or {})
         for group in platform.get("groups", []):
             children.setdefault(group, {"hosts": {}})["hosts"][name] = None
-    for group, group_vars in (inventory.get("group_vars") or {}).items():
-        children.setdefault(group, {"hosts": {}})["vars"] = group_vars
+    group_vars = dict(inventory.get("group_vars") or {})
+    for group, values in group_vars.items():
+        if group != "all":
+            children.setdefault(group, {"hosts": {}})["vars"] = values
     dest.mkdir()
-    (dest / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": children}}))
+    all_group = {"hosts": hosts, "children": children, "vars": group_vars.get("all") or {}}
+    (dest / "hosts.yml").write_text(yaml.safe_dump({"all": all_group}))
     for kind, target in (inventory.get("links") or {}).items():
         (dest / kind).symlink_to((SCENARIOS / scenario / target).resolve(), target_is_directory=True)
     return dest

@@ -1,8 +1,8 @@
 """Steady API traffic through the load balancer while a test changes the fleet.
 
-Every worker sends chat completions back to back (streaming and not, in turn) and records each
-outcome; a request counts as failed unless it gets HTTP 200 and a complete answer (choices for a
-plain answer, a final `data: [DONE]` for a stream).
+Every worker sends chat completions (streaming and not, in turn), back to back or `pause` seconds
+apart, and records each outcome; a request counts as failed unless it gets HTTP 200 and a complete
+answer (choices for a plain answer, a final `data: [DONE]` for a stream).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import urllib.request
 
 
 class LoadGenerator:
-    def __init__(self, base_url, api_key, model, workers=4, max_tokens=8):
+    def __init__(self, base_url, api_key, model, workers=4, max_tokens=8, pause=0.0):
         self.base_url = base_url
         self.api_key = api_key
         self.model = model
         self.workers = workers
         self.max_tokens = max_tokens
+        self.pause = pause
         self.context = ssl.create_default_context()
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE  # the load balancer's self-signed certificate
@@ -57,7 +58,7 @@ class LoadGenerator:
 
     def worker(self, index):
         stream = bool(index % 2)
-        while not self.stop_event.is_set():
+        while not self.stop_event.wait(self.pause):
             started = time.monotonic()
             try:
                 status, complete, backend, payload = self.request(stream)
@@ -88,11 +89,12 @@ class LoadGenerator:
             thread.join(timeout=180)
         self.stopped = time.monotonic()
 
-    def report(self):
+    def report(self, what="load through the load balancer"):
         seconds = self.stopped - self.started
         return (
-            "load through the load balancer: %d requests in %.0f s (%.1f/s), %d failed; by backend: %s%s"
+            "%s: %d requests in %.0f s (%.1f/s), %d failed; by backend: %s%s"
             % (
+                what,
                 self.ok + len(self.failures),
                 seconds,
                 (self.ok + len(self.failures)) / max(seconds, 1e-9),

@@ -1,26 +1,21 @@
 """Bad engine settings on a serving fleet (issue #18): site.yml refuses what the model's config.json
 rules out before it touches anything, and when a new vLLM does not start it puts back the container
 that was serving, names vLLM's own error and reports the rollback; traffic through the load balancer
-sees no failed request meanwhile, and the failures a client of the host itself sees are reported."""
+sees no failed request meanwhile, and the failures a client of the host itself sees are reported.
+
+One rollback runs end to end here (a mistyped model path, with the default settings: each rollback
+costs a failed vLLM start and a restart of the old one on the 2-core test machine). vLLM's messages
+for the other bad settings (max model length, quantization, ...) are checked on logs recorded from the
+pinned vLLM in tests/unit/test_vllm_failure_hint.py; the role passes them on the same way."""
 
 from __future__ import annotations
 
 import json
-import time
 
-import pytest
 from loadgen import LoadGenerator
-from test_fleet import API_KEY, GPUS, MODEL, address, backend_files, lb_url, node, playbook
+from test_fleet import API_KEY, GPUS, MODEL, address, backend_files, lb_url, node, playbook, print_recap
 
 HOST = GPUS[0]
-
-
-class PacedLoad(LoadGenerator):
-    """One request every half second straight to a host's nginx: how long that host did not serve."""
-
-    def request(self, stream):
-        time.sleep(0.5)
-        return super().request(stream)
 
 
 def vllm_container():
@@ -31,7 +26,8 @@ def site_vllm_under_load(*extra):
     """site.yml's vLLM plays on HOST with EXTRA options while load runs through the load balancer and
     straight to HOST; returns (exit code, output, load through the LB, load straight to HOST)."""
     through_lb = LoadGenerator(lb_url(), API_KEY, MODEL, workers=2)
-    direct = PacedLoad("https://%s" % address(HOST)[0], API_KEY, MODEL, workers=1)
+    # One request every half second straight to the host's nginx: how long that host did not serve.
+    direct = LoadGenerator("https://%s" % address(HOST)[0], API_KEY, MODEL, workers=1, pause=0.5)
     through_lb.start()
     direct.start()
     try:
@@ -40,7 +36,7 @@ def site_vllm_under_load(*extra):
         through_lb.stop()
         direct.stop()
     print(through_lb.report())
-    print("straight to %s (one request per 0.5 s): %s" % (HOST, direct.report().split(";")[0]))
+    print(direct.report("straight to %s (one request per 0.5 s)" % HOST).split(";")[0])
     return rc, out, through_lb, direct
 
 
@@ -58,23 +54,13 @@ def test_settings_the_model_rules_out_fail_before_the_container_is_touched():
     assert through_lb.failures == [] and direct.failures == []
 
 
-@pytest.mark.parametrize(
-    "extra, said",
-    [
-        (["-e", "vllm_max_model_len=100000", "-e", "vllm_config_check=false"],
-         "vLLM said: Value error, User-specified max_model_len (100000) is greater than the derived max_model_len"),
-        (["-e", "vllm_quantization=awq", "-e", "vllm_config_check=false"],
-         "vLLM said: Value error, Cannot find the config file for awq"),
-        (["-e", "vllm_model=/opt/models/nope"],
-         "vLLM said: huggingface_hub.errors.HFValidationError: Repo id must be in the form"),
-    ],
-    ids=["max-model-len", "quantization", "missing-model"],
-)
-def test_a_new_vllm_that_does_not_start_is_rolled_back_while_the_fleet_serves(extra, said):
+def test_a_new_vllm_that_does_not_start_is_rolled_back_while_the_fleet_serves():
     before = vllm_container()
-    rc, out, through_lb, direct = site_vllm_under_load(*extra)
+    # Not refused by the settings check: the path has no config.json to check against.
+    rc, out, through_lb, direct = site_vllm_under_load("-e", "vllm_model=/opt/models/nope")
+    print_recap(out)
     assert rc != 0, out[-3000:]
-    assert said in out, out[-3000:]
+    assert "vLLM said: huggingface_hub.errors.HFValidationError: Repo id must be in the form" in out, out[-3000:]
     assert "ROLLED BACK on %s" % HOST in out and "serves again" in out, out[-3000:]
     after = vllm_container()
     # The very container that served before: same id, image and command line, running again.

@@ -63,7 +63,8 @@ def test_packages_installed(host, mode, key_hash):
 
 def test_no_client_tools_on_the_host(host):
     # Test hosts get only what the roles install: a shipped playbook that needed curl would fail here.
-    assert not host.exists("curl")
+    for tool in ("curl", "wget"):
+        assert not host.exists(tool), tool
 
 
 def test_api_key_zone_key_in_the_running_config(host, key_hash):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from loadgen import LoadGenerator
-from test_fleet import API_KEY, GPUS, MODEL, address, backend_files, lb_url, node, playbook, print_recap
+from test_fleet import API_KEY, GPUS, LOAD_PAUSE, MODEL, address, backend_files, lb_url, node, playbook, print_recap
 
 HOST = GPUS[0]
 
@@ -25,7 +25,7 @@ def vllm_container():
 def site_vllm_under_load(*extra):
     """site.yml's vLLM plays on HOST with EXTRA options while load runs through the load balancer and
     straight to HOST; returns (exit code, output, load through the LB, load straight to HOST)."""
-    through_lb = LoadGenerator(lb_url(), API_KEY, MODEL, workers=2)
+    through_lb = LoadGenerator(lb_url(), API_KEY, MODEL, workers=2, pause=LOAD_PAUSE)
     # One request every half second straight to the host's nginx: how long that host did not serve.
     direct = LoadGenerator("https://%s" % address(HOST)[0], API_KEY, MODEL, workers=1, pause=0.5)
     through_lb.start()

@@ -28,11 +28,11 @@ LB = "fleet-lb01"
 MODEL = "tiny-llama"
 IMAGE = "gpufleet-test/vllm-cpu:0.32.0"
 NEW_IMAGE = "gpufleet-test/vllm-cpu:0.32.0-r2"
-# Load during the rollouts: 4 clients, each waiting this long between its requests. Requests are in
-# flight all the time, and some CPU is left for the vLLM that starts on the same two cores (sent back to
-# back, the requests took what the cores serve, about 9 per second in earlier runs, and the rollout
-# waited for them).
-ROLLOUT_PAUSE = 0.5
+# Seconds each client of the load through the load balancer waits between its requests while a test
+# changes the fleet. Requests are in flight all the time, and CPU is left for the vLLM that starts on the
+# same two cores: measured, a vLLM start took 17-23 s under this load and 57 s under clients sending back
+# to back (which took what the cores serve, about 9 requests per second).
+LOAD_PAUSE = 0.5
 
 
 def node(name):
@@ -149,7 +149,7 @@ def test_site_yml_deploys_the_rest_of_the_fleet_when_a_host_is_unreachable():
 
 def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving():
     before = {gpu: node(gpu).check_output("docker ps -q --no-trunc -f name=vllm-server") for gpu in GPUS}
-    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=ROLLOUT_PAUSE)
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
     load.start()
     try:
         rc, out = playbook("rolling_update.yml", "-e", "vllm_image=gpufleet-test/vllm-cpu:no-such-tag")
@@ -171,7 +171,7 @@ def test_rolling_update_under_load_has_zero_failed_requests():
     # A really different image (a new ID) built from the one the hosts have, as a release would be.
     for gpu in GPUS:
         node(gpu).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
-    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=ROLLOUT_PAUSE)
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
     load.start()
     try:
         rc, out = playbook("rolling_update.yml", "-e", "vllm_image=" + NEW_IMAGE)

@@ -91,11 +91,31 @@ def test_gpu_host_targets_are_up(host):
     assert {r["metric"]["job"] for r in result} >= wanted
 
 
-def test_no_dcgm_target_for_the_host_without_gpu(host, gpu):
-    assert not [t for t in targets(host) if t["labels"]["job"] == "dcgm"]
-    fact = json.loads(gpu.file("/etc/ansible/facts.d/gpufleet_exporters.fact").content_string)
-    assert fact == {"node": True, "dcgm": False}
-    assert gpu.run("docker inspect dcgm-exporter").rc != 0
+def test_dcgm_target_up_with_a_metric_per_simulated_gpu(host, gpu):
+    """The GPU host runs the DCGM exporter (test fixture), so Prometheus scrapes /metrics/dcgm through its nginx."""
+    # the GPUs the host's PCI bus shows (the simulated host's two H100), as DCGM names their bus ids
+    slots = sorted("0000" + g["pci_slot"].upper() for g in gpu.ansible("gpufleet.vllm.gpu_facts", check=False)["gpus"])
+    assert len(slots) == 2
+    deadline = time.monotonic() + 60
+    while True:
+        dcgm = [t for t in targets(host) if t["labels"]["job"] == "dcgm"]
+        series = query(host, f'DCGM_FI_DEV_GPU_TEMP{{instance="{GPU_HOST}"}}')["data"]["result"]
+        if (dcgm and dcgm[0]["health"] == "up" and series) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert [(t["labels"]["instance"], t["health"]) for t in dcgm] == [(GPU_HOST, "up")], dcgm
+    assert dcgm[0]["scrapeUrl"].endswith("/metrics/dcgm")
+    assert sorted(s["metric"]["pci_bus_id"] for s in series) == slots
+    labels = sorted((s["metric"]["gpu"], s["metric"]["device"], s["metric"]["modelName"]) for s in series)
+    assert labels == [("0", "nvidia0", "NVIDIA H100 80GB HBM3"), ("1", "nvidia1", "NVIDIA H100 80GB HBM3")]
+    assert len({s["metric"]["UUID"] for s in series}) == 2
+    assert {s["metric"]["Hostname"] for s in series} == {gpu.check_output("cat /proc/sys/kernel/hostname")}
+
+
+def test_gpu_panels_return_data(host):
+    empty = [(panel, expr) for _board, panel, expr in dashboard_queries()
+             if "DCGM_" in expr and not query(host, expr)["data"]["result"]]
+    assert empty == []
 
 
 def test_node_exporter_on_loopback_only(gpu):
@@ -104,20 +124,21 @@ def test_node_exporter_on_loopback_only(gpu):
     assert not gpu.socket("tcp://0.0.0.0:9100").is_listening
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/node"])
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/node", "/metrics/dcgm"])
 def test_metrics_through_nginx_from_the_monitoring_host(host, gpu_address, root_ca, path):
     assert nginx(host, gpu_address, path, root_ca) == 200
 
 
-def test_metrics_forbidden_from_other_addresses(gpu, gpu_address, root_ca):
+@pytest.mark.parametrize("path", ["/metrics/vllm", "/metrics/dcgm"])
+def test_metrics_forbidden_from_other_addresses(gpu, gpu_address, root_ca, path):
     # The GPU host itself through its non-loopback address: not in nginx_metrics_allow.
-    assert nginx(gpu, gpu_address, "/metrics/vllm", root_ca) == 403
+    assert nginx(gpu, gpu_address, path, root_ca) == 403
     # This test machine (the Docker bridge address).
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     with pytest.raises(urllib.error.HTTPError) as denied:
-        urllib.request.urlopen(f"https://{gpu_address}/metrics/vllm", context=context, timeout=10)
+        urllib.request.urlopen(f"https://{gpu_address}{path}", context=context, timeout=10)
     assert denied.value.code == 403
     assert json.loads(denied.value.read())["error"]["type"] == "permission_error"
 

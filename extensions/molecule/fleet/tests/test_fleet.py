@@ -3,6 +3,7 @@ host, and rolling updates under load (one that fails and stops, one that succeed
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -64,6 +65,27 @@ def backend_files():
 def print_recap(out):
     """The playbook's slowest tasks (profile_tasks) into the verify log."""
     print(out[out.rfind("TASKS RECAP"):].split("\n\n")[0])
+
+
+def load_balanced_requests(gpu, since, until):
+    """Lines of GPU's nginx access log for requests the load balancer passed on (their client is the load
+    generator's address, as the backends log it) that ended between SINCE and UNTIL (epoch seconds)."""
+    client = address(LB)[1]
+    lines = node(gpu).check_output("cat /var/log/nginx/access.log").splitlines()
+    found = []
+    for line in lines:
+        stamp = re.match(re.escape(client) + r" \[([^]]+)\]", line)
+        if stamp:
+            ended = datetime.datetime.strptime(stamp.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp()
+            if since <= ended <= until:
+                found.append(line)
+    return found
+
+
+def vllm_started(gpu):
+    """When GPU's vllm-server container started (epoch seconds)."""
+    started = node(gpu).check_output("docker inspect -f '{{.State.StartedAt}}' vllm-server")
+    return datetime.datetime.fromisoformat(started[:19] + "+00:00").timestamp()
 
 
 def vllm_image(gpu):
@@ -184,6 +206,12 @@ def test_rolling_update_under_load_has_zero_failed_requests():
     assert rc == 0, out[-4000:]
     for gpu in GPUS:
         assert vllm_image(gpu) == NEW_IMAGE
+        # Out of the load balancer while its vLLM was replaced: from before the old one stopped (the drain
+        # comes 20 s or more before the new container starts) until after the new one was ready (17 s or more
+        # after its start). Without the drain the load balancer's retries can hide the restart from clients.
+        started = vllm_started(gpu)
+        passed_on = load_balanced_requests(gpu, started - 5, started + 12)
+        assert passed_on == [], "%s got load-balanced requests while its vLLM was replaced: %s" % (gpu, passed_on[:5])
     assert not any(text.rstrip().endswith(" down;") for text in backend_files().values())
     assert not load.failures, report
     # Traffic ran through the whole rollout, not only around it.

@@ -28,7 +28,7 @@ def converge_tasks():
     runs = ANSIBLE_LOG.read_text(errors="replace").split("PLAY RECAP")
     run = next(r for r in runs if "PLAY [NVIDIA driver and container toolkit]" in r and "PLAY [Fleet report]" in r)
     blocks = re.findall(r"TASK \[([^\]]+)\][^\n]*\n(.*?)(?=TASK \[|PLAY \[|\Z)", run, re.S)
-    return {name: body for name, body in blocks}
+    return dict(blocks)
 
 
 def result(converge_tasks, task):

@@ -122,6 +122,17 @@ def test_backends_count_the_real_client_not_the_load_balancer():
     assert not any(line.startswith(address(LB)[0] + " ") for line in lines), lines
 
 
+def test_hosts_without_a_gpu_run_the_node_exporter_and_no_dcgm_exporter():
+    # The GPU-less path of the exporters role (the fullstack host is a simulated GPU host).
+    for gpu in GPUS:
+        host = node(gpu)
+        fact = json.loads(host.file("/etc/ansible/facts.d/gpufleet_exporters.fact").content_string)
+        assert fact == {"node": True, "dcgm": False}, (gpu, fact)
+        names = host.check_output("docker ps -a --format '{{.Names}}'").split()
+        assert "vllm-server" in names and "dcgm-exporter" not in names, (gpu, names)
+        assert host.service("prometheus-node-exporter").is_running
+
+
 def test_host_metrics_are_not_reachable_from_other_hosts():
     gpu = GPUS[0]
     url = "https://%s/metrics/vllm" % gpu  # the name in the host's self-signed certificate

@@ -14,6 +14,8 @@ description:
   - Counts NVIDIA display/3D controllers as GPUs and NVIDIA bridge devices as NVSwitches
     (HGX/DGX baseboards, which need Fabric Manager).
   - Reports the loaded kernel driver version from C(/proc/driver/nvidia/version) when there is one.
+  - Also returns all of it as the host fact C(gpufleet_gpu), so later plays, roles and the fact cache read
+    C(ansible_facts.gpufleet_gpu) without scanning again; a new run of the module replaces the fact.
 options:
   sysfs_pci_path:
     description: Directory holding one entry per PCI device.
@@ -39,6 +41,10 @@ EXAMPLES = r"""
 - name: Show them
   ansible.builtin.debug:
     msg: "{{ gpu.gpu_count }} GPUs, NVSwitch: {{ gpu.nvswitch_count > 0 }}"
+
+- name: Or read the host fact it sets, in this play or a later one
+  ansible.builtin.debug:
+    msg: "Loaded driver: {{ ansible_facts.gpufleet_gpu.driver_version | default('none', true) }}"
 """
 
 RETURN = r"""
@@ -69,6 +75,22 @@ driver_version:
   description: Version of the loaded NVIDIA kernel module, or null when none is loaded.
   returned: always
   type: str
+ansible_facts:
+  description: Host facts set by the module.
+  returned: always
+  type: dict
+  contains:
+    gpufleet_gpu:
+      description: The same RV(gpu_count), RV(gpus), RV(nvswitch_count) and RV(driver_version) as above, as one fact.
+      returned: always
+      type: dict
+      sample:
+        gpu_count: 2
+        gpus:
+          - {pci_slot: "0000:18:00.0", device_id: "2330", name: H100-SXM5-80GB}
+          - {pci_slot: "0000:2a:00.0", device_id: "2330", name: H100-SXM5-80GB}
+        nvswitch_count: 0
+        driver_version: 550.163.01
 """
 
 import os
@@ -128,6 +150,11 @@ def scan(sysfs_pci_path, proc_driver_version):
     }
 
 
+def result(facts):
+    """The module's return: the scan as plain values and as the host fact gpufleet_gpu."""
+    return dict(facts, changed=False, ansible_facts={"gpufleet_gpu": facts})
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -136,7 +163,7 @@ def main():
         },
         supports_check_mode=True,
     )
-    module.exit_json(changed=False, **scan(module.params["sysfs_pci_path"], module.params["proc_driver_version"]))
+    module.exit_json(**result(scan(module.params["sysfs_pci_path"], module.params["proc_driver_version"])))
 
 
 if __name__ == "__main__":

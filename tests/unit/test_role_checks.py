@@ -2,7 +2,8 @@
 in the roles' argument specs (types, choices) and their tasks/preflight.yml (ranges, powers of two).
 
 One ansible-playbook run (tests/unit/fixtures/role_checks/check.yml) includes a role's `preflight`
-entry point on one local host per case, with the case's settings as inventory variables.
+entry point on one local host per case, with the case's settings as inventory variables, after
+gpufleet.vllm.gpu_facts has read a PCI tree with GPUS GPUs into ansible_facts.gpufleet_gpu.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 
 import pytest
@@ -17,6 +19,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "tests" / "unit" / "fixtures" / "role_checks" / "check.yml"
+GPUS = 8
 
 # (role, settings, expected fragments of the failure message; None: the checks pass)
 CASES = {
@@ -43,6 +46,10 @@ CASES = {
     "vllm-port-70000": ("vllm", {"vllm_port": 70000}, ["vllm_port=70000 is not allowed", "TCP port from 1 to 65535"]),
     "vllm-two-bad": ("vllm", {"vllm_max_model_len": 0, "vllm_port": -1},
                      ["vllm_max_model_len=0 is not allowed", "vllm_port=-1 is not allowed"]),
+    "vllm-tp-16-on-8-gpus": ("vllm", {"vllm_tensor_parallel_size": 16},
+                             ["vllm_tensor_parallel_size=16 needs that many GPUs", f"offers {GPUS} (vllm_gpus=all)"]),
+    "vllm-tp-4-on-2-listed": ("vllm", {"vllm_tensor_parallel_size": 4, "vllm_gpus": [0, 1]},
+                              ["offers 2 (vllm_gpus=[0, 1])"]),
     "wrapper-good": ("wrapper", {"wrapper_port": "9001", "wrapper_workers": 64, "wrapper_default_max_tokens": 1,
                                  "wrapper_default_temperature": 0}, None),
     "wrapper-port-text": ("wrapper", {"wrapper_port": "eighty"}, ["argument 'wrapper_port' is of type str", "int"]),
@@ -65,19 +72,24 @@ CASES = {
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     work = tmp_path_factory.mktemp("role-checks")
+    for index in range(GPUS):  # H100 SXM as the kernel lists them under /sys/bus/pci/devices
+        device = work / "pci" / f"0000:{0x18 + index:02x}:00.0"
+        device.mkdir(parents=True)
+        for name, value in (("vendor", "0x10de"), ("class", "0x030200"), ("device", "0x2330")):
+            (device / name).write_text(value + "\n")
     hosts = {name: {"case_role": role, **settings} for name, (role, settings, _expected) in CASES.items()}
     inventory = {
         "cases": {
             "hosts": hosts,
-            # The vllm role's GPU check reads the preflight role's count; docker's default repository
-            # URL reads the distribution, which this run does not gather.
-            "vars": {"preflight_gpu_count": 8, "docker_repo_url": "https://download.docker.com/linux/debian"},
+            # docker's default repository URL reads the distribution, which this run does not gather.
+            "vars": {"docker_repo_url": "https://download.docker.com/linux/debian"},
         }
     }
     (work / "inventory.yml").write_text(yaml.safe_dump(inventory))
     env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory", ANSIBLE_NOCOLOR="1")
     run = subprocess.run(
-        ["ansible-playbook", "-i", str(work / "inventory.yml"), str(PLAYBOOK), "-e", f"out_dir={work}"],
+        ["ansible-playbook", "-i", str(work / "inventory.yml"), str(PLAYBOOK), "-e", f"out_dir={work}",
+         "-e", f"gpu_sysfs={work / 'pci'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -103,7 +115,10 @@ def specs(role):
 
 def checked_roles():
     defaults = yaml.safe_load((ROOT / "roles" / "preflight" / "defaults" / "main.yml").read_text())
-    return defaults["preflight_role_checks"] + defaults["preflight_gpu_role_checks"]
+    listed = [defaults["preflight_role_checks"], defaults["preflight_gpu_role_checks"]]
+    # Each a list, or a template choosing quoted role names by the host's groups.
+    names = [name for value in listed for name in (value if isinstance(value, list) else re.findall(r"'(\w+)'", value))]
+    return sorted({name for name in names if (ROOT / "roles" / name).is_dir()})
 
 
 @pytest.mark.parametrize("role", checked_roles())

@@ -39,6 +39,12 @@ def result(converge_tasks, task):
 
 def test_site_took_the_gpu_branch(converge_tasks):
     assert result(converge_tasks, "Find NVIDIA GPUs") == "ok"
+    # the later roles read ansible_facts.gpufleet_gpu from site.yml's first play (and preflight's fresh scan);
+    # the roles' tasks/preflight.yml may not run at all where the preflight role already ran it
+    own_scan = "gpufleet.vllm.{} : Find NVIDIA GPUs when no earlier play or role did"
+    assert result(converge_tasks, own_scan.format("exporters")) == "skipping"
+    for role in ("nvidia_driver", "nvidia_container_toolkit", "vllm"):
+        assert result(converge_tasks, own_scan.format(role)) in (None, "skipping"), role
     assert result(converge_tasks, "Say that this host gets no NVIDIA software") == "skipping"
     assert result(converge_tasks, "gpufleet.vllm.nvidia_driver : Install the NVIDIA driver packages") == "changed"
     assert result(converge_tasks, "gpufleet.vllm.nvidia_container_toolkit : Install the toolkit packages at the pinned version") == "changed"

@@ -27,6 +27,8 @@ INITRAMFS = ROLE + "Rebuild the initramfs"
 FABRIC_MANAGER = ROLE + "Enable Fabric Manager, and start it once the installed driver is loaded"
 PERSISTENCED = ROLE + "Enable nvidia-persistenced, and start it once the installed driver is loaded"
 NVIDIA_SMI = ROLE + "Read the driver version from nvidia-smi"
+OWN_SCAN = ROLE + "Find NVIDIA GPUs when no earlier play or role did"
+LOAD_SCAN = ROLE + "Read the loaded kernel module version"
 
 
 def tasks_of(path, name):
@@ -101,3 +103,14 @@ def test_host_without_gpu_skips_the_reboot_step(host, converge):
         pytest.skip("Debian 13 is the host without a GPU")
     assert status(converge, REBOOT_LEFT) == "skipped"
     assert status(converge, REBOOT) == "skipped"
+
+
+def test_used_alone_the_role_finds_the_gpus_in_one_step(host, converge):
+    """converge.yml applies the role alone: nothing set ansible_facts.gpufleet_gpu before, so its first GPU task
+    runs gpu_facts, once, and everything after reads the fact it set (the GPU host took its GPU path above)."""
+    scans = [(result, message) for task, result, message in converge if task == OWN_SCAN]
+    assert [result for result, _message in scans] == ["ok"]
+    gpus = 2 if host.system_info.codename == "bookworm" else 0
+    assert scans[0][1]["ansible_facts"]["gpufleet_gpu"]["gpu_count"] == gpus
+    # the load step scans again on the GPU host only, which updates the fact (nothing loaded here)
+    assert status(converge, LOAD_SCAN) == ("ok" if gpus else "skipped")

@@ -125,6 +125,8 @@ def test_gpu_facts_finds_the_simulated_gpus_through_sysfs(host, codename):
     else:
         assert facts["gpu_count"] == 0
     assert facts["driver_version"] is None
+    # the same scan as the host fact the roles read
+    assert facts["ansible_facts"]["gpufleet_gpu"] == {key: facts[key] for key in ("gpu_count", "gpus", "nvswitch_count", "driver_version")}
 
 
 def test_simulated_nvidia_smi_reports_no_driver_until_one_is_loaded(host, codename):

@@ -72,7 +72,10 @@ log "ruff check"
 log "pytest"
 export GPUFLEET_CACHE="$CACHE"
 set +e
-"$VENV/bin/python" -m pytest "$WRAPPER_DIR/tests" -ra -p no:cacheprovider
+# The log's tail must name each failed test with its reason (-ra, one line each, not cut at
+# 80 columns as pytest does without a terminal) and the slowest tests (timing drift shows there).
+COLUMNS=${COLUMNS:-160} "$VENV/bin/python" -m pytest "$WRAPPER_DIR/tests" -ra --tb=short \
+  --durations=12 -p no:cacheprovider
 rc=$?
 set -e
 log "finished in $(( $(date +%s) - start )) s (pytest exit code $rc)"

@@ -24,12 +24,14 @@ class StubUpstream:
     "headers_then_stall" (SSE headers, then nothing), "drop" (close without
     answering), "drop_mid_body" (a JSON answer's headers and half its body, then
     close), "drop_mid_stream" (the first two SSE_CHUNKS, then close without the
-    chunked encoding's last chunk)."""
+    chunked encoding's last chunk), "hold" (the first two SSE_CHUNKS, then the rest
+    once `release` is set: a stream that stays in flight until the test ends it)."""
 
     mode: str = "sse"
     gap: float = 0.3
     port: int = 0
     closed: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[bytes] = field(default_factory=list)
     chunk_sent_at: list[float] = field(default_factory=list)
 
@@ -50,6 +52,7 @@ class StubUpstream:
 
     def close(self) -> None:
         self._stop.set()
+        self.release.set()
         self._thread.join(timeout=5)
         self._sock.close()
 
@@ -118,6 +121,8 @@ class StubUpstream:
             for index, chunk in enumerate(SSE_CHUNKS):
                 if index == 2 and self.mode == "drop_mid_stream":
                     return
+                if index == 2 and self.mode == "hold":
+                    self.release.wait(60)
                 if index:
                     time.sleep(self.gap)
                 self.chunk_sent_at.append(time.monotonic())

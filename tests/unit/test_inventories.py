@@ -219,3 +219,46 @@ def test_a_playbook_of_ones_own_wires_the_roles_as_site_yml(inventory):
         own = inventory.hosts[host]["own_playbook"]
         site = {name: inventory.value(host, name.split("_", 1)[0], name) for name in own}
         assert own == site, f"{inventory.name}: {host}"
+
+
+def site_roles_by_group():
+    """The roles playbooks/site.yml applies with `roles:` to each host group, in play order."""
+    roles = {}
+    for play in yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text()):
+        for role in play.get("roles") or []:
+            name = (role["role"] if isinstance(role, dict) else role).rsplit(".", 1)[-1]
+            for group in play["hosts"].split(":"):
+                roles.setdefault(group, [])
+                if name != "preflight" and name not in roles[group]:
+                    roles[group].append(name)
+    return roles
+
+
+def test_site_yml_checks_every_group_before_changing_it():
+    plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
+    preflight = [play for play in plays if "gpufleet.vllm.preflight" in str(play.get("roles"))]
+    assert len(preflight) == 1 and set(preflight[0]["hosts"].split(":")) == {"gpu_servers", "loadbalancer", "monitoring"}
+    first_change = next(i for i, play in enumerate(plays) if play.get("roles") and play is not preflight[0])
+    assert plays.index(preflight[0]) < first_change
+
+
+def test_site_yml_gives_the_groups_the_roles_preflight_checks():
+    # The NVIDIA roles are included in tasks (only where a GPU is found): preflight_gpu_role_checks.
+    assert site_roles_by_group() == {
+        "gpu_servers": ["docker", "vllm", "wrapper", "nginx", "exporters"],
+        "loadbalancer": ["loadbalancer"],
+        "monitoring": ["monitoring"],
+    }
+
+
+def test_preflight_checks_the_roles_site_yml_gives_each_host(inventory):
+    by_group = site_roles_by_group()
+    for host, values in inventory.hosts.items():
+        if "preflight" not in values:
+            continue
+        groups = values["groups"]
+        expected = [role for group in ("gpu_servers", "loadbalancer", "monitoring") if group in groups for role in by_group[group]]
+        assert values["preflight"]["preflight_role_checks"] == expected, f"{inventory.name}: {host} in {groups}"
+        assert values["preflight"]["preflight_gpu_role_checks"] == ["nvidia_driver", "nvidia_container_toolkit"]
+    for host in inventory.groups.get("loadbalancer", []) + inventory.groups.get("monitoring", []):
+        assert "preflight" in inventory.hosts[host], f"{inventory.name}: preflight does not run on {host}"

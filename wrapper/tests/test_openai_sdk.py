@@ -93,18 +93,35 @@ def test_responses_api_create_stream_retrieve(auth_wrapper: Wrapper) -> None:
 def test_responses_api_background_cancel_stops_vllm(auth_wrapper: Wrapper, vllm_url: str) -> None:
     client = openai.OpenAI(base_url=auth_wrapper.url + "/v1", api_key=API_KEYS["bob"],
                            max_retries=0)
-    assert wait_until(lambda: _running(vllm_url) == 0, 30)
-    generated_before = _generated(vllm_url)
-    queued = client.responses.create(model=MODEL_NAME, input="go", max_output_tokens=900,
-                                     background=True, extra_body={"ignore_eos": True})
-    assert queued.status in ("queued", "in_progress")
-    assert wait_until(lambda: _running(vllm_url) >= 1, 10, 0.02), "never started in vLLM"
-    cancelled = client.responses.cancel(queued.id)
-    assert cancelled.status == "cancelled"
-    assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.05), "vLLM still generating"
-    time.sleep(2)  # about as long as the whole generation would take
-    assert client.responses.retrieve(queued.id).status == "cancelled"
-    assert _generated(vllm_url) - generated_before < 900 * 0.8, "not cut short"
+    # Cancelled as soon as it is queued, not after polling vLLM for it running: on a busy
+    # machine vLLM generated 700 of the 900 tokens before the client even had the id, and the
+    # poll then came after the end (cancel answered 400) or saw nothing. An attempt that
+    # stopped nothing (ended on its own first, or cancelled before vLLM started it) is sent
+    # again, at most three times; a cancel that does not stop vLLM fails every attempt.
+    for _attempt in range(3):
+        assert wait_until(lambda: _running(vllm_url) == 0, 30)
+        generated_before, ended_before = _generated(vllm_url), _ended_by_length(vllm_url)
+        queued = client.responses.create(model=MODEL_NAME, input="go", max_output_tokens=900,
+                                         background=True, extra_body={"ignore_eos": True})
+        assert queued.status in ("queued", "in_progress")
+        try:
+            cancelled = client.responses.cancel(queued.id)
+        except openai.BadRequestError:  # too late: vLLM had finished it at max_output_tokens
+            assert client.responses.retrieve(queued.id).status == "incomplete"
+            continue
+        assert cancelled.status == "cancelled"
+        assert wait_until(lambda: _running(vllm_url) == 0, 5, 0.05), "vLLM still generating"
+        time.sleep(2)  # about as long as the whole generation would take
+        assert client.responses.retrieve(queued.id).status == "cancelled"
+        generated = _generated(vllm_url) - generated_before
+        if _ended_by_length(vllm_url) > ended_before or generated == 0:
+            continue  # vLLM finished it before the cancel arrived, or never started it
+        # Below the full 900, with no margin: on a busy machine most of the answer can be out
+        # before the cancel arrives (the 80 % bound failed there although vLLM stopped).
+        assert generated < 900, "not cut short"
+        break
+    else:
+        pytest.fail("no attempt was cancelled while vLLM generated it (3 tries)")
     text = httpx.get(auth_wrapper.url + "/metrics").text
     assert metric_value(text, "vllm_wrapper_requests_total",
                         route="/v1/responses/{response_id}/cancel", key="bob", status="200") >= 1
@@ -126,3 +143,9 @@ def _running(vllm_url: str) -> float:
 
 def _generated(vllm_url: str) -> float:
     return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:generation_tokens_total")
+
+
+def _ended_by_length(vllm_url: str) -> float:
+    """Requests vLLM finished at their max tokens (an abort is not counted there)."""
+    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:request_success_total",
+                        finished_reason="length")

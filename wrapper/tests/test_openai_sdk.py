@@ -93,17 +93,19 @@ def test_responses_api_create_stream_retrieve(auth_wrapper: Wrapper) -> None:
 def test_responses_api_background_cancel_stops_vllm(auth_wrapper: Wrapper, vllm_url: str) -> None:
     client = openai.OpenAI(base_url=auth_wrapper.url + "/v1", api_key=API_KEYS["bob"],
                            max_retries=0)
-    # Cancelled as soon as it is queued, not after polling vLLM for it running: on a busy
-    # machine vLLM generated 700 of the 900 tokens before the client even had the id, and the
-    # poll then came after the end (cancel answered 400) or saw nothing. An attempt that
-    # stopped nothing (ended on its own first, or cancelled before vLLM started it) is sent
-    # again, at most three times; a cancel that does not stop vLLM fails every attempt.
+    # Cancelled once vLLM has generated its first tokens, watched closely (every 20 ms): on an
+    # idle machine a cancel sent at once arrives before vLLM starts (nothing to stop), and on a
+    # busy one vLLM generated 700 of the 900 tokens before the client even had the id, so a
+    # slower watch came after the end (cancel answered 400). An attempt that stopped nothing
+    # (ended on its own first, or cancelled before vLLM started it) is sent again, at most
+    # three times; a cancel that does not stop vLLM fails every attempt.
     for _attempt in range(3):
         assert wait_until(lambda: _running(vllm_url) == 0, 30)
         generated_before, ended_before = _generated(vllm_url), _ended_by_length(vllm_url)
         queued = client.responses.create(model=MODEL_NAME, input="go", max_output_tokens=900,
                                          background=True, extra_body={"ignore_eos": True})
         assert queued.status in ("queued", "in_progress")
+        wait_until(lambda before=generated_before: _generated(vllm_url) > before, 10, 0.02)
         try:
             cancelled = client.responses.cancel(queued.id)
         except openai.BadRequestError:  # too late: vLLM had finished it at max_output_tokens

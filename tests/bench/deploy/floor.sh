@@ -12,12 +12,11 @@
 # kind costs per host. Writes tests/bench/deploy/FLOOR.md; docs/deploy-speed.md reads it.
 set -euo pipefail
 {
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+# shellcheck source=tests/bench/deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$BENCH_ROOT"
 cd "$ROOT"
-export GPUFLEET_CACHE="${GPUFLEET_CACHE:-/var/cache/gpufleet}"
-VENV="$GPUFLEET_CACHE/venv"
 WORK="$GPUFLEET_CACHE/bench-floor"
-LOCK="${GPUFLEET_HEAVY_LOCK-/tmp/gpufleet-heavy.lock}"
 LABEL=gpufleet.bench=floor
 N="${1:-10}"
 TASKS=40
@@ -30,17 +29,9 @@ die() { printf 'tests/bench/deploy/floor.sh: %s\n' "$*" >&2; exit 1; }
 export PATH="$VENV/bin:$PATH" ANSIBLE_HOME="$GPUFLEET_CACHE/ansible-home"
 export ANSIBLE_PIPELINING=True ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 
-remove_hosts() {
-  local ids
-  ids="$(docker ps -aq --filter "label=$LABEL" 2>/dev/null || true)"
-  # shellcheck disable=SC2086 # one id a word
-  [ -z "$ids" ] || docker rm -f $ids >/dev/null
-}
+remove_hosts() { remove_labelled_hosts "$LABEL"; }
 trap remove_hosts EXIT
-if [ -n "$LOCK" ]; then
-  exec 9>>"$LOCK"
-  flock -n 9 || { echo "waiting for $LOCK (another heavy run holds it)"; flock 9; }
-fi
+take_heavy_lock
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 remove_hosts

@@ -23,13 +23,12 @@
 set -euo pipefail
 # Braces: bash reads the whole script before it runs any of it (safe to edit during a run).
 {
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+# shellcheck source=tests/bench/deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$BENCH_ROOT"
 cd "$ROOT"
-export GPUFLEET_CACHE="${GPUFLEET_CACHE:-/var/cache/gpufleet}"
-VENV="$GPUFLEET_CACHE/venv"
 WORK="$GPUFLEET_CACHE/bench-deploy"
 INVENTORY="$WORK/inventory"
-LOCK="${GPUFLEET_HEAVY_LOCK-/tmp/gpufleet-heavy.lock}"
 LABEL=gpufleet.bench=deploy
 RESULTS="$ROOT/tests/bench/deploy/RESULTS.md"
 COUNTS=("$@")
@@ -49,26 +48,13 @@ for n in "${COUNTS[@]}"; do
 done
 
 # The test hosts carry the label; they go on any exit, including an error or Ctrl-C.
-remove_hosts() {
-  local ids
-  ids="$(docker ps -aq --filter "label=$LABEL" 2>/dev/null || true)"
-  [ -z "$ids" ] && return 0
-  echo "removing test hosts: $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
-  # shellcheck disable=SC2086 # one id a word
-  docker rm -f -v $ids >/dev/null
-}
+remove_hosts() { remove_labelled_hosts "$LABEL" say; }
 keep_or_remove_hosts() { [ "${BENCH_KEEP_HOSTS:-}" = 1 ] && [ "${DONE:-}" = 1 ] || remove_hosts; }
 trap keep_or_remove_hosts EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ -n "$LOCK" ]; then
-  exec 9>>"$LOCK"
-  if ! flock -n 9; then
-    echo "waiting for $LOCK (another heavy run holds it)"
-    flock 9
-  fi
-fi
+take_heavy_lock
 
 # --- setup: what tests/run sets up (Docker engine, base images, test venv, collection link) ---
 log setup

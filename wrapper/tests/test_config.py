@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from vllm_wrapper.config import ConfigError, Settings
+from vllm_wrapper.config import ConfigError, Settings, UpstreamSpec
 
 from .conftest import WRAPPER_DIR
 
@@ -98,3 +99,53 @@ def test_hash_key_cli() -> None:
     assert result.stdout.strip() == (
         "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
     )
+
+
+def test_upstreams_are_read() -> None:
+    s = Settings.from_env({"VLLM_UPSTREAMS": json.dumps([
+        {"name": "big", "url": "http://127.0.0.1:8002/", "models": ["llama-70b"]},
+        {"name": "small", "url": "https://gpu3:8003", "models": ["llama-8b", "chat", "chat"]},
+    ])})
+    assert s.upstreams == (
+        UpstreamSpec("big", "http://127.0.0.1:8002", ("llama-70b",)),
+        UpstreamSpec("small", "https://gpu3:8003", ("llama-8b", "chat")),
+    )
+
+
+@pytest.mark.parametrize("value", ["", "  ", "[]"])
+def test_empty_upstreams_mean_the_single_upstream(value: str) -> None:
+    assert Settings.from_env({"VLLM_UPSTREAMS": value}).upstreams == ()
+
+
+_A = {"name": "a", "url": "http://127.0.0.1:8002", "models": ["m"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("[{", "not valid JSON"),
+        ('{"name": "a"}', "JSON list"),
+        ('["a"]', "entry 1 must be an object"),
+        (json.dumps([_A, {"name": "b", "url": "http://x:1"}]), "entry 2 ('b'): missing models"),
+        (json.dumps([{"url": "http://x:1", "models": ["m"]}]), "entry 1: missing name"),
+        (json.dumps([{**_A, "model": "m"}]), "entry 1 ('a'): unknown field(s) model"),
+        (json.dumps([{**_A, "name": " "}]), "name must be a non-empty string"),
+        (json.dumps([{**_A, "url": "127.0.0.1:8002"}]), "entry 1 ('a') url='127.0.0.1:8002'"),
+        (json.dumps([{**_A, "url": 8002}]), "url must be a string"),
+        (json.dumps([{**_A, "models": []}]), "entry 1 ('a'): models must be a non-empty list"),
+        (json.dumps([{**_A, "models": "m"}]), "models must be a non-empty list"),
+        (json.dumps([{**_A, "models": [""]}]), "models must be a non-empty list"),
+        (json.dumps([_A, {**_A, "url": "http://x:1"}]), "duplicate instance name(s) ['a']"),
+    ],
+)
+def test_bad_upstreams_name_the_variable_and_entry(value: str, named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"VLLM_UPSTREAMS": value})
+    assert str(err.value).startswith("VLLM_UPSTREAMS")
+    assert named in str(err.value)
+
+
+def test_launcher_refuses_bad_upstreams() -> None:
+    result = _run_launcher({"VLLM_UPSTREAMS": '[{"name": "a"}]'})
+    assert result.returncode == 2
+    assert "VLLM_UPSTREAMS entry 1 ('a'): missing url, models" in result.stderr

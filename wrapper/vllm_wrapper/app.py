@@ -22,6 +22,7 @@ from .logs import lean_records
 from .middleware import INFO_KEY, WrapperMiddleware
 from .proxy import ProxyResponse, Upstream, UpstreamUnavailable
 from .requestinfo import RequestInfo
+from .routing import ModelsResponse, RoutedProxyResponse, Router, SearchProxyResponse
 from .schemas import (
     PASSTHROUGH_BODIES,
     RESPONSE_ID_PATTERN,
@@ -51,10 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keys = KeyStore(settings)
     drain = Drain(settings.drain_timeout)
     upstream = Upstream(settings)
+    # VLLM_UPSTREAMS: routed by model; otherwise the single upstream as before.
+    router = Router(settings) if settings.upstreams else None
+    backend = upstream if router is None else router
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await upstream.start()
+        await backend.start()
         drain.install()
         # Per-request overhead, set here so that only a serving process changes:
         # lean log records, and everything alive now (modules, the app, its
@@ -68,11 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             log.warning("no API keys configured (VLLM_WRAPPER_API_KEY, VLLM_WRAPPER_API_KEYS, "
                         "VLLM_WRAPPER_API_KEYS_FILE): the wrapper is OPEN to anyone who can reach it")
-        log.info("vllm-wrapper started", extra={"fields": {"upstream": settings.upstream_url}})
+        log.info("vllm-wrapper started", extra={"fields": {
+            "upstream": settings.upstream_url if router is None else
+            {u.name: u.base for u in router.upstreams}}})
         try:
             yield
         finally:
-            await upstream.close()
+            await backend.close()
 
     app = FastAPI(
         title="vllm-wrapper",
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.drain = drain
     app.state.upstream = upstream
+    app.state.router = router
     install_handlers(app)
     # Filled below; the middleware dispatches these exact routes itself.
     fast_routes: dict[tuple[str, str], Callable[[RequestInfo], Response]] = {}
@@ -97,10 +104,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready", response_model=Status, tags=["ops"],
              responses={503: _ERRORS[503]})
-    async def ready() -> Response:
-        """Readiness: vLLM answers its /health."""
+    async def ready(
+        instance: str | None = Query(
+            default=None, max_length=256,
+            description="With VLLM_UPSTREAMS: answer for this vLLM instance alone."),
+    ) -> Response:
+        """Readiness: vLLM (every instance, or the one named) answers its /health."""
         if drain.draining:
             reason = "vllm-wrapper is shutting down"
+        elif router is not None:
+            if instance is not None and instance not in router.by_name:
+                return error_response(404, f"no vLLM instance named {instance!r}; instances: "
+                                      f"{', '.join(router.by_name)}", code="instance_not_found",
+                                      param="instance")
+            reason = await router.check_health(instance)
         else:
             reason = await upstream.check_health()
         if reason is None:
@@ -118,11 +135,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat(request: Request, payload: ChatRequest) -> Response:
         """Simple chat: OpenAI chat-completion answer (SSE when stream is true)."""
         info: RequestInfo = request.scope[INFO_KEY]
-        try:
-            model = payload.model or await upstream.served_model(info.request_id)
-        except UpstreamUnavailable as exc:
-            return error_response(503, str(exc), code="upstream_unavailable",
-                                  headers={"Retry-After": str(settings.retry_after)})
+        target: Upstream | Response = upstream
+        if router is not None:
+            target = router.pick(payload.model or None)
+            if isinstance(target, Response):
+                return target
+            model = payload.model or router.models[0]
+        else:
+            try:
+                model = payload.model or await upstream.served_model(info.request_id)
+            except UpstreamUnavailable as exc:
+                return error_response(503, str(exc), code="upstream_unavailable",
+                                      headers={"Retry-After": str(settings.retry_after)})
         body = {
             "model": model,
             "messages": [m.model_dump() for m in payload.messages],
@@ -136,14 +160,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except orjson.JSONEncodeError as exc:
             return error_response(400, f"request cannot be encoded as JSON: {exc}",
                                   code="invalid_value", param="body")
+        if router is not None:
+            return RoutedProxyResponse(target, "POST", "/v1/chat/completions", encoded, info)
         return ProxyResponse(upstream, "POST", "/v1/chat/completions", encoded, info)
 
     def passthrough_post(path: str) -> None:
-        def handle(info: RequestInfo) -> Response:
-            invalid = _check_json_object(info.body)
-            if invalid is not None:
-                return invalid
+        def handle_single(info: RequestInfo) -> Response:
+            parsed = _json_object(info.body)
+            if isinstance(parsed, Response):
+                return parsed
             return ProxyResponse(upstream, "POST", path, info.body, info)
+
+        def handle_routed(info: RequestInfo) -> Response:
+            parsed = _json_object(info.body)
+            if isinstance(parsed, Response):
+                return parsed
+            assert router is not None
+            return router.proxy(parsed.get("model"), "POST", path, info.body, info)
+
+        handle = handle_single if router is None else handle_routed
 
         async def endpoint(request: Request) -> Response:
             return handle(request.scope[INFO_KEY])
@@ -158,13 +193,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         passthrough_post(path)
 
     def handle_models(info: RequestInfo) -> Response:
+        if router is not None:
+            return ModelsResponse(router, info)
         return ProxyResponse(upstream, "GET", "/v1/models", None, info)
 
     fast_routes["GET", "/v1/models"] = handle_models
 
     @app.get("/v1/models", tags=["openai"], responses=_ERRORS, openapi_extra=_SECURED)
     async def models(request: Request) -> Response:
-        """Passthrough to vLLM /v1/models."""
+        """Passthrough to vLLM /v1/models (with VLLM_UPSTREAMS: every instance's models)."""
         return handle_models(request.scope[INFO_KEY])
 
     # A stored Responses API answer, by id (one path segment, so it cannot climb
@@ -184,15 +221,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         query = "?stream=true" if stream else ""
         if starting_after is not None:
             query += ("&" if query else "?") + f"starting_after={starting_after}"
-        return ProxyResponse(upstream, "GET", f"/v1/responses/{response_id}{query}", None,
-                             request.scope[INFO_KEY])
+        return by_id("GET", f"/v1/responses/{response_id}{query}", request.scope[INFO_KEY])
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["openai"], responses=_ERRORS,
               openapi_extra=_SECURED)
     async def cancel_response(request: Request, response_id: str = response_id) -> Response:
         """Passthrough to vLLM POST /v1/responses/{id}/cancel (a background response)."""
-        return ProxyResponse(upstream, "POST", f"/v1/responses/{response_id}/cancel", None,
-                             request.scope[INFO_KEY])
+        return by_id("POST", f"/v1/responses/{response_id}/cancel", request.scope[INFO_KEY])
+
+    def by_id(method: str, path: str, info: RequestInfo) -> Response:
+        if router is not None:  # the id lives on one instance: ask each in turn
+            return SearchProxyResponse(router.upstreams, method, path, info)
+        return ProxyResponse(upstream, method, path, None, info)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -208,7 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _check_json_object(body: bytes) -> Response | None:
+def _json_object(body: bytes) -> dict[str, Any] | Response:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -217,4 +257,4 @@ def _check_json_object(body: bytes) -> Response | None:
     if not isinstance(parsed, dict):
         return error_response(400, "request body must be a JSON object", code="invalid_json",
                               param="body")
-    return None
+    return parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -14,8 +15,19 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class UpstreamSpec:
+    """One vLLM instance of VLLM_UPSTREAMS: its name, base URL and served model names."""
+
+    name: str
+    url: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Settings:
     upstream_url: str = "http://127.0.0.1:8000"
+    # Several vLLM instances routed by model; empty: the one VLLM_UPSTREAM_URL.
+    upstreams: tuple[UpstreamSpec, ...] = ()
     upstream_api_key: str | None = None
     upstream_timeout: float = 600.0
     upstream_connect_timeout: float = 5.0
@@ -45,6 +57,7 @@ class Settings:
         r = _Reader(env)
         return cls(
             upstream_url=r.url("VLLM_UPSTREAM_URL", cls.upstream_url),
+            upstreams=_parse_upstreams(r.raw("VLLM_UPSTREAMS")),
             upstream_api_key=r.str_or_none("VLLM_UPSTREAM_API_KEY"),
             upstream_timeout=r.number("VLLM_UPSTREAM_TIMEOUT", cls.upstream_timeout, low=0.001),
             upstream_connect_timeout=r.number(
@@ -136,12 +149,16 @@ class _Reader:
         value = self.raw(name)
         if value is None:
             return default
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"{name}={value!r} must not have a query or fragment")
-        return value.rstrip("/")
+        return _check_url(name, value)
+
+
+def _check_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}={value!r} must not have a query or fragment")
+    return value.rstrip("/")
 
 
 def _check_range(
@@ -178,3 +195,53 @@ def _parse_inline_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
             f"VLLM_WRAPPER_API_KEY/VLLM_WRAPPER_API_KEYS: duplicate key name(s) {duplicates}"
         )
     return tuple(keys)
+
+
+_UPSTREAM_FIELDS = ("name", "url", "models")
+
+
+def _parse_upstreams(raw: str | None) -> tuple[UpstreamSpec, ...]:
+    """VLLM_UPSTREAMS: a JSON list of {"name", "url", "models"} objects. Unset, empty
+    or [] means the single VLLM_UPSTREAM_URL."""
+    if raw is None:
+        return ()
+    try:
+        entries = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"VLLM_UPSTREAMS is not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise ConfigError('VLLM_UPSTREAMS must be a JSON list of {"name", "url", "models"} objects')
+    specs: list[UpstreamSpec] = []
+    for index, entry in enumerate(entries, start=1):
+        specs.append(_parse_upstream(index, entry))
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"VLLM_UPSTREAMS: duplicate instance name(s) {duplicates}")
+    return tuple(specs)
+
+
+def _parse_upstream(index: int, entry: object) -> UpstreamSpec:
+    where = f"VLLM_UPSTREAMS entry {index}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f'{where} must be an object with "name", "url" and "models"')
+    name = entry.get("name")
+    if isinstance(name, str) and name.strip():
+        where += f" ({name!r})"
+    missing = [key for key in _UPSTREAM_FIELDS if key not in entry]
+    unknown = sorted(str(key) for key in entry if key not in _UPSTREAM_FIELDS)
+    if missing or unknown:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
+        raise ConfigError(f"{where}: {'; '.join(problems)} (fields: name, url, models)")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: name must be a non-empty string")
+    url = entry["url"]
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: url must be a string")
+    url = _check_url(f"{where} url", url.strip())
+    models = entry["models"]
+    if (not isinstance(models, list) or not models
+            or not all(isinstance(m, str) and m.strip() for m in models)):
+        raise ConfigError(f"{where}: models must be a non-empty list of model names")
+    return UpstreamSpec(name=name.strip(), url=url, models=tuple(dict.fromkeys(models)))

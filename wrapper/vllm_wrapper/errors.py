@@ -40,10 +40,10 @@ def error_bytes(
 
 def error_response(
     status: int, message: str, *, code: str | None = None, param: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, type_: str | None = None,
 ) -> Response:
     return Response(
-        error_bytes(status, message, code=code, param=param),
+        error_bytes(status, message, code=code, param=param, type_=type_),
         status_code=status,
         media_type="application/json",
         headers=headers,

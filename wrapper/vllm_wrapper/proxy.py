@@ -31,9 +31,19 @@ class UpstreamUnavailable(Exception):
 
 
 class Upstream:
-    def __init__(self, settings: Settings) -> None:
+    """One vLLM server. `name` is its instance name in VLLM_UPSTREAMS (None for the
+    single VLLM_UPSTREAM_URL); error messages name it."""
+
+    def __init__(self, settings: Settings, base: str | None = None,
+                 name: str | None = None) -> None:
         self.settings = settings
-        self.base = settings.upstream_url
+        self.base = settings.upstream_url if base is None else base
+        self.name = name
+        self.label = "vLLM" if name is None else f"vLLM instance {name!r}"
+        # Subject of the timeout and disconnect messages (unchanged for one upstream).
+        self.subject = "upstream" if name is None else f"upstream ({self.label})"
+        # Proxied requests to this upstream now (this worker), for least-busy routing.
+        self.in_flight = 0
         self.session: aiohttp.ClientSession | None = None
         self._auth_header: str | None = (
             f"Bearer {settings.upstream_api_key}" if settings.upstream_api_key else None
@@ -171,42 +181,52 @@ class ProxyResponse(Response):
         await send({"type": "http.response.body", "body": error_bytes(status, message, code=code)})
 
     async def _relay(self, send: Send) -> None:
-        upstream = self.upstream
-        assert upstream.session is not None
-        url = upstream.base + self.path
         try:
-            resp = await upstream.session.request(
-                self.method, url, data=self.body, headers=upstream.headers(self.info.request_id)
-            )
-        except aiohttp.ConnectionTimeoutError:
+            resp = await self._request(self.upstream)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._send_failure(send, exc)
+            return
+        await self._relay_and_release(resp, send)
+
+    async def _request(self, upstream: Upstream) -> aiohttp.ClientResponse:
+        assert upstream.session is not None
+        return await upstream.session.request(
+            self.method, upstream.base + self.path, data=self.body,
+            headers=upstream.headers(self.info.request_id),
+        )
+
+    async def _send_failure(self, send: Send, exc: BaseException) -> None:
+        """The error answer for an upstream that could not be asked (no response)."""
+        upstream = self.upstream
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
             self._upstream_failed("connect")
             await self._send_error(
                 send, 503,
-                f"upstream (vLLM) did not accept a connection within "
+                f"upstream ({upstream.label}) did not accept a connection within "
                 f"{upstream.settings.upstream_connect_timeout} s",
                 "upstream_unavailable", retry_after=True,
             )
-            return
-        except TimeoutError:
+        elif isinstance(exc, TimeoutError):
             self._upstream_failed("timeout")
             await self._send_error(
                 send, 504,
-                f"upstream did not answer within {upstream.settings.upstream_timeout} s",
+                f"{upstream.subject} did not answer within {upstream.settings.upstream_timeout} s",
                 "upstream_timeout",
             )
-            return
-        except aiohttp.ServerDisconnectedError:
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
             self._upstream_failed("protocol")
-            await self._send_error(send, 502, "upstream closed the connection without answering",
+            await self._send_error(send, 502,
+                                   f"{upstream.subject} closed the connection without answering",
                                    "upstream_disconnected", retry_after=True)
-            return
-        except aiohttp.ClientError as exc:
+        else:
             self._upstream_failed("connect")
             log.warning("upstream unreachable: %s: %s", type(exc).__name__, exc,
-                        extra={"fields": {"request_id": self.info.request_id}})
-            await self._send_error(send, 503, "upstream (vLLM) is unavailable", "upstream_unavailable",
-                                   retry_after=True)
-            return
+                        extra={"fields": {"request_id": self.info.request_id,
+                                          "instance": upstream.name}})
+            await self._send_error(send, 503, f"upstream ({upstream.label}) is unavailable",
+                                   "upstream_unavailable", retry_after=True)
+
+    async def _relay_and_release(self, resp: aiohttp.ClientResponse, send: Send) -> None:
         try:
             await self._relay_response(resp, send)
         finally:
@@ -240,7 +260,8 @@ class ProxyResponse(Response):
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
                 self._upstream_failed(reason)
-                event = b"data: " + error_bytes(502, f"upstream stream ended abnormally ({reason})",
+                event = b"data: " + error_bytes(502, f"{self.upstream.subject} stream ended "
+                                                f"abnormally ({reason})",
                                                 code="upstream_" + reason) + b"\n\n"
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             self.complete = True
@@ -251,12 +272,14 @@ class ProxyResponse(Response):
             body = await resp.read()
         except TimeoutError:
             self._upstream_failed("timeout")
-            await self._send_error(send, 504, "upstream timed out while sending its answer",
+            await self._send_error(send, 504,
+                                   f"{self.upstream.subject} timed out while sending its answer",
                                    "upstream_timeout")
             return
         except aiohttp.ClientError:
             self._upstream_failed("protocol")
-            await self._send_error(send, 502, "upstream connection failed mid-answer",
+            await self._send_error(send, 502,
+                                   f"{self.upstream.subject} connection failed mid-answer",
                                    "upstream_disconnected", retry_after=True)
             return
         headers.append((b"content-length", str(len(body)).encode()))

@@ -1,0 +1,193 @@
+"""Several vLLM instances behind one wrapper (VLLM_UPSTREAMS): each request goes
+to an instance serving its `model`; /v1/models, /ready and the Responses API's
+by-id routes ask every instance. Without VLLM_UPSTREAMS none of this is used."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from . import metrics
+from .config import Settings
+from .errors import error_response
+from .proxy import ProxyResponse, Upstream
+from .requestinfo import RequestInfo
+
+log = logging.getLogger("vllm_wrapper.routing")
+
+
+class Router:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.upstreams = [Upstream(settings, spec.url, spec.name) for spec in settings.upstreams]
+        self.by_name = {u.name: u for u in self.upstreams}
+        self.by_model: dict[str, list[Upstream]] = {}
+        for upstream, spec in zip(self.upstreams, settings.upstreams, strict=True):
+            for model in spec.models:
+                self.by_model.setdefault(model, []).append(upstream)
+        self.models = tuple(self.by_model)
+        self._turns = dict.fromkeys(self.models, 0)
+
+    async def start(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.start()
+
+    async def close(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.close()
+
+    def served(self) -> str:
+        return ", ".join(repr(m) for m in self.models)
+
+    def pick(self, model: object) -> Upstream | Response:
+        """The instance for a request's `model` (None: the only served name), or the
+        OpenAI-shaped error answer."""
+        if model is None:
+            if len(self.models) != 1:
+                return error_response(
+                    400, f"this server serves several models, name one in 'model': {self.served()}",
+                    code="model_required", param="model")
+            model = self.models[0]
+        candidates = self.by_model.get(model) if isinstance(model, str) else None
+        if candidates is None:
+            return error_response(
+                404, f"The model {model!r} does not exist here; served models: {self.served()}",
+                code="model_not_found", param="model", type_="invalid_request_error")
+        if len(candidates) == 1:
+            return candidates[0]
+        # The least busy replica (in this worker); ties take turns.
+        low = min(u.in_flight for u in candidates)
+        tied = [u for u in candidates if u.in_flight == low]
+        turn = self._turns[model]
+        self._turns[model] = turn + 1
+        return tied[turn % len(tied)]
+
+    def proxy(self, model: object, method: str, path: str, body: bytes,
+              info: RequestInfo) -> Response:
+        picked = self.pick(model)
+        if isinstance(picked, Response):
+            return picked
+        return RoutedProxyResponse(picked, method, path, body, info)
+
+    async def check_health(self, instance: str | None = None) -> str | None:
+        """None when the instances (or the one named) answer /health, else why not."""
+        if instance is not None:
+            upstream = self.by_name.get(instance)
+            if upstream is None:
+                return f"no instance named {instance!r}; instances: {', '.join(self.by_name)}"
+            targets = [upstream]
+        else:
+            targets = self.upstreams
+        reasons = await asyncio.gather(*(u.check_health() for u in targets))
+        failed = [f"instance {u.name!r}: {reason}"
+                  for u, reason in zip(targets, reasons, strict=True) if reason is not None]
+        return "not ready: " + "; ".join(failed) if failed else None
+
+    async def models_body(self, request_id: str) -> bytes | None:
+        """The union of every instance's /v1/models `data` (first seen wins), as
+        vLLM's JSON; None when no instance answered."""
+        answers = await asyncio.gather(*(self._models_of(u, request_id) for u in self.upstreams))
+        seen: dict[str, Any] = {}
+        for data in answers:
+            for entry in data or ():
+                if isinstance(entry, dict) and entry.get("id") not in seen:
+                    seen[entry.get("id")] = entry
+        if all(data is None for data in answers):
+            return None
+        return orjson.dumps({"object": "list", "data": list(seen.values())})
+
+    async def _models_of(self, upstream: Upstream, request_id: str) -> list[Any] | None:
+        assert upstream.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.settings.ready_timeout)
+        try:
+            async with upstream.session.get(f"{upstream.base}/v1/models", timeout=timeout,
+                                            headers=upstream.headers(request_id)) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                data = (await resp.json(content_type=None))["data"]
+                if not isinstance(data, list):
+                    raise TypeError("data is not a list")
+                return data
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            metrics.UPSTREAM_ERRORS.labels(
+                "timeout" if isinstance(exc, TimeoutError) else "connect").inc()
+            log.warning("models of instance %s left out: %s: %s", upstream.name,
+                        type(exc).__name__, exc,
+                        extra={"fields": {"request_id": request_id, "instance": upstream.name}})
+            return None
+
+
+class RoutedProxyResponse(ProxyResponse):
+    """A proxied request counted in its instance's in-flight number while it lasts."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        upstream = self.upstream
+        upstream.in_flight += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            upstream.in_flight -= 1
+
+
+class SearchProxyResponse(ProxyResponse):
+    """A Responses API call by id (retrieve, cancel): the id lives on one instance,
+    so each is asked in turn and the first answer that is not 404 is relayed.
+    When every reachable one says 404 but some could not be asked, the answer is
+    503 naming those (the id may be theirs)."""
+
+    def __init__(self, upstreams: list[Upstream], method: str, path: str,
+                 info: RequestInfo) -> None:
+        super().__init__(upstreams[0], method, path, None, info)
+        self.upstreams = upstreams
+
+    async def _relay(self, send: Send) -> None:
+        unreachable: list[Upstream] = []
+        last = self.upstreams[-1]
+        for upstream in self.upstreams:
+            self.upstream = upstream
+            try:
+                resp = await self._request(upstream)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._upstream_failed("timeout" if isinstance(exc, TimeoutError) else "connect")
+                log.warning("instance %s not asked for %s: %s: %s", upstream.name, self.path,
+                            type(exc).__name__, exc,
+                            extra={"fields": {"request_id": self.info.request_id,
+                                              "instance": upstream.name}})
+                unreachable.append(upstream)
+                continue
+            if resp.status == 404 and (upstream is not last or unreachable):
+                resp.close()
+                continue
+            await self._relay_and_release(resp, send)
+            return
+        names = ", ".join(repr(u.name) for u in unreachable)
+        await self._send_error(
+            send, 503, f"upstream (vLLM instance(s) {names}) is unavailable and may hold "
+            "this response", "upstream_unavailable", retry_after=True)
+
+
+class ModelsResponse(Response):
+    """GET /v1/models answered with the union of the instances' lists."""
+
+    def __init__(self, router: Router, info: RequestInfo) -> None:  # sends itself
+        self.router = router
+        self.info = info
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.router.models_body(self.info.request_id)
+        if body is None:
+            self.info.upstream_error = "connect"
+            answer = error_response(
+                503, "upstream (every vLLM instance) is unavailable", code="upstream_unavailable",
+                headers={"Retry-After": str(self.router.settings.retry_after)})
+        else:
+            self.info.upstream_status = 200
+            answer = Response(body, media_type="application/json")
+        await answer(scope, receive, send)

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Wrapper, free_port, wait_until
+from .conftest import MODEL_NAME, Wrapper, free_port, wait_until
 from .stub_upstream import SSE_CHUNKS, StubUpstream
 
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -242,3 +242,27 @@ def test_openai_sdk_through_the_router(routed: Wrapper) -> None:
         client.chat.completions.create(model="gpt-nope", messages=[{"role": "user",
                                                                     "content": "hi"}])
     assert err.value.code == "model_not_found"
+
+
+def test_real_vllm_behind_the_router(vllm_url: str, stubs: dict[str, StubUpstream],
+                                     start_wrapper) -> None:
+    """Real vLLM as the second instance: its model list, a stream through the SDK, and a
+    stored response found there after the scripted instance's 404."""
+    w = _start(start_wrapper, _spec("a", stubs["a"].url, "tiny-a"),
+               _spec("real", vllm_url, MODEL_NAME))
+    client = openai.OpenAI(base_url=w.url + "/v1", api_key="EMPTY", max_retries=0)
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"tiny-a", MODEL_NAME}
+    assert models[MODEL_NAME].owned_by == "vllm"
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user",
+                                                                         "content": "hi"}],
+                                            max_tokens=3, stream=True,
+                                            extra_body={"ignore_eos": True},
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    done = client.responses.create(model=MODEL_NAME, input="hi", max_output_tokens=2,
+                                   extra_body={"ignore_eos": True})
+    asked_a = len(stubs["a"].requests)
+    assert client.responses.retrieve(done.id).id == done.id
+    assert stubs["a"].requests[asked_a].startswith(f"GET /v1/responses/{done.id} ".encode())

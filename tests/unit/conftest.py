@@ -51,3 +51,13 @@ def fleet_filters():
 @pytest.fixture(scope="session")
 def source_archive():
     return _load("plugins/modules/source_archive.py")
+
+
+@pytest.fixture(scope="session")
+def instance_filters():
+    return _load("plugins/filter/instances.py")
+
+
+@pytest.fixture(scope="session")
+def gpu_memory():
+    return _load("plugins/modules/gpu_memory.py")

@@ -50,6 +50,31 @@ CASES = {
                              ["vllm_tensor_parallel_size=16 needs that many GPUs", f"offers {GPUS} (vllm_gpus=all)"]),
     "vllm-tp-4-on-2-listed": ("vllm", {"vllm_tensor_parallel_size": 4, "vllm_gpus": [0, 1]},
                               ["offers 2 (vllm_gpus=[0, 1])"]),
+    # Several instances (issue #14): the inventories/prod layout, then one mistake each.
+    "vllm-instances-good": ("vllm", {"vllm_instances": [
+        {"name": "llama70b", "model": "m/70b", "gpus": [0, 1, 2, 3], "port": 8000},
+        {"name": "chat-a", "model": "m/8b", "served_model_name": "llama-8b", "gpus": [4], "port": 8002},
+        {"name": "chat-b", "model": "m/8b", "served_model_name": "llama-8b", "gpus": [5], "port": 8003},
+        {"name": "embed", "model": "m/e5", "gpus": [6], "port": 8004, "extra_args": ["--task", "embed"]}]}, None),
+    "vllm-instances-overlap": ("vllm", {"vllm_instances": [
+        {"name": "a", "model": "m", "gpus": [0, 1], "port": 8000},
+        {"name": "b", "model": "m", "gpus": [1], "port": 8002}]},
+        ["GPU 1 is given to a and b"]),
+    "vllm-instances-tp": ("vllm", {"vllm_instances": [
+        {"name": "a", "model": "m", "gpus": [0, 1, 2, 3], "tensor_parallel_size": 2, "port": 8000}]},
+        ["vllm_instances[a].tensor_parallel_size=2 x pipeline_parallel_size=1 = 2 GPUs, but the instance owns 4"]),
+    "vllm-instances-port": ("vllm", {"vllm_instances": [
+        {"name": "a", "model": "m", "gpus": [0], "port": 8000},
+        {"name": "b", "model": "m", "gpus": [1], "port": 8000}]},
+        ["port 8000 is used by a and b"]),
+    "vllm-instances-wrapper-port": ("vllm", {"vllm_instances": [{"name": "a", "model": "m", "gpus": [0], "port": 8001}]},
+                                    ["vllm_instances[a].port=8001 is taken by the wrapper (wrapper_port)"]),
+    "vllm-instances-gpu-9": ("vllm", {"vllm_instances": [{"name": "a", "model": "m", "gpus": [7, 9], "port": 8000}]},
+                             ["vllm_instances[a].gpus=[7, 9]: GPU(s) [9] do not exist", "indices 0 to 7"]),
+    "vllm-instances-no-port": ("vllm", {"vllm_instances": [{"name": "a", "model": "m", "gpus": [0]}]},
+                               ["vllm_instances[a]: missing port"]),
+    "vllm-instances-typo": ("vllm", {"vllm_instances": [{"name": "a", "model": "m", "gpu": [0], "port": 8000}]},
+                            ["vllm_instances[a]: unknown key(s) gpu", "allowed keys"]),
     "wrapper-good": ("wrapper", {"wrapper_port": "9001", "wrapper_workers": 64, "wrapper_default_max_tokens": 1,
                                  "wrapper_default_temperature": 0}, None),
     "wrapper-port-text": ("wrapper", {"wrapper_port": "eighty"}, ["argument 'wrapper_port' is of type str", "int"]),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from test_site_playbook import listed_tasks
 
-CHECK = "gpufleet.vllm.vllm : Check the engine settings against the model's config.json"
+# The per-instance tasks are included for each instance (roles/vllm/tasks/instances.yml), so --list-tasks
+# shows the includes: restart_check_instance.yml (config.json check, then Docker's plan) and
+# instance.yml (service.yml: keep the serving container, start the new one).
+CHECK = "gpufleet.vllm.vllm : Look at each instance"
 DRAIN = "gpufleet.vllm.loadbalancer : Mark this host on its load balancers as {{ loadbalancer_backend_state }}"
-KEEP = "gpufleet.vllm.vllm : Stop the serving vLLM container and keep it for a rollback (<name>-previous)"
-PLAN = "gpufleet.vllm.vllm : Look at the vLLM container serving now"
+KEEP = "gpufleet.vllm.vllm : Bring each vLLM instance to its settings"
 
 
 def test_settings_are_checked_on_every_host_before_any_host_is_drained():
     tasks = listed_tasks("--tags", "vllm")
-    assert tasks.index(CHECK) < tasks.index(PLAN) < tasks.index(DRAIN)
+    assert tasks.index(CHECK) < tasks.index(DRAIN)
     assert "Group the hosts that restart behind a load balancer" in tasks[: tasks.index(DRAIN)]
 
 

@@ -27,7 +27,7 @@ def chat_body(stream):
     return {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": stream}
 
 
-@pytest.mark.parametrize("name, port", [("vllm-server", 8000), ("vllm-wrapper", 8001)])
+@pytest.mark.parametrize("name, port", [("vllm-a", 8000), ("vllm-wrapper", 8001)])
 def test_container_running_and_listening_on_loopback_only(host, name, port):
     state = json.loads(host.check_output(f"docker inspect -f '{{{{json .State}}}}' {name}"))
     assert state["Status"] == "running"
@@ -93,7 +93,7 @@ def test_secret_files_are_private(host):
     assert KEY not in keys.content_string
 
 
-@pytest.mark.parametrize("name", ["vllm-server", "vllm-wrapper"])
+@pytest.mark.parametrize("name", ["vllm-a", "vllm-wrapper"])
 def test_secrets_absent_from_docker_inspect_and_logs(host, name):
     seen = host.check_output(f"docker inspect {name}") + host.run(f"docker logs {name}").stdout
     seen += host.run(f"docker logs {name}").stderr
@@ -104,4 +104,4 @@ def test_secrets_absent_from_docker_inspect_and_logs(host, name):
 def test_token_reaches_the_container_through_a_file(host):
     env = json.loads(host.check_output("docker inspect -f '{{json .Config.Env}}' vllm-server"))
     assert "HF_TOKEN_PATH=/run/secrets/vllm/hf_token" in env
-    assert host.check_output("docker exec vllm-server cat /run/secrets/vllm/hf_token") == TOKEN
+    assert host.check_output("docker exec vllm-a cat /run/secrets/vllm/hf_token") == TOKEN

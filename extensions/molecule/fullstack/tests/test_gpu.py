@@ -96,14 +96,16 @@ def hook_calls(host, container):
     return re.findall(rf"^prestart {container['Id']} NVIDIA_VISIBLE_DEVICES=(\S*) ", log, re.M)
 
 
-def test_vllm_asks_docker_for_the_inventorys_gpu(host):
-    """vllm_gpus: [1] becomes a device request for GPU 1 that dockerd's nvidia driver hands to the toolkit's hook."""
-    vllm = inspect(host, "vllm-server")
+@pytest.mark.parametrize("container, gpu", [("vllm-a", "1"), ("vllm-b", "0")])
+def test_each_vllm_instance_asks_docker_for_its_own_gpu(host, container, gpu):
+    """vllm_instances' gpus: [1] and [0] become device requests for those GPUs that dockerd's nvidia driver hands
+    to the toolkit's hook, one GPU per instance."""
+    vllm = inspect(host, container)
     assert vllm["State"]["Running"]
     requests = vllm["HostConfig"]["DeviceRequests"]
-    assert [(r["Driver"], r["Count"], r["DeviceIDs"], r["Capabilities"]) for r in requests] == [("nvidia", 0, ["1"], [["gpu"]])]
+    assert [(r["Driver"], r["Count"], r["DeviceIDs"], r["Capabilities"]) for r in requests] == [("nvidia", 0, [gpu], [["gpu"]])]
     calls = hook_calls(host, vllm)
-    assert calls and set(calls) == {"1"}, calls
+    assert calls and set(calls) == {gpu}, calls
     assert "--gpu-memory-utilization" in vllm["Args"]
     # and vLLM (the CPU build) serves on it: test_https.py and test_openai_sdk.py go through nginx
 

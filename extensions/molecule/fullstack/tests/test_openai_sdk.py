@@ -46,7 +46,7 @@ def client(gpu_address, pebble_ca):
 
 
 def engine(host):
-    """What changes when vllm-server's process dies and Docker starts it again."""
+    """What changes when vllm-a's process dies and Docker starts it again."""
     state = json.loads(host.check_output("docker inspect -f '{{json .}}' vllm-server"))
     return {"restarts": state["RestartCount"], "started": state["State"]["StartedAt"], "status": state["State"]["Status"]}
 

@@ -1,0 +1,113 @@
+"""A host's vLLM instances (plugins/filter/instances.py) and the GPU memory others use
+(plugins/modules/gpu_memory.py): complete entries, the checks preflight runs, the wiring to the
+wrapper and nginx."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "nvidia_smi"
+ROLE = {"vllm_model": "org/big", "vllm_served_model_name": "big", "vllm_extra_args": ["--enforce-eager"],
+        "vllm_env": {"A": "1"}, "vllm_max_model_len": 4096}
+
+
+def test_no_list_is_the_guides_single_server(instance_filters):
+    [single] = instance_filters.vllm_instances([], ROLE)
+    assert (single["name"], single["container"], single["port"], single["model_name"]) == (
+        "server", "vllm-server", 8000, "big")
+    assert single["setting_prefix"] == "vllm_" and not single["listed"]
+
+
+def test_entries_take_the_role_values_they_do_not_set(instance_filters):
+    a, b = instance_filters.vllm_instances([
+        {"name": "a", "model": "org/x", "gpus": [0, 1, 2, 3], "port": "8000"},
+        {"name": "b", "model": "org/y", "served_model_name": "y", "gpus": [4], "port": 8002, "env": {"B": "2"},
+         "max_model_len": 1024}], ROLE)
+    assert a["container"] == "vllm-a" and a["port"] == 8000 and a["tensor_parallel_size"] == 4
+    # Not the role-wide served name: a serves its model's own name.
+    assert a["model_name"] == "org/x" and b["model_name"] == "y"
+    assert a["extra_args"] == ["--enforce-eager"] and a["max_model_len"] == 4096 and b["max_model_len"] == 1024
+    assert b["env"] == {"A": "1", "B": "2"} and b["tensor_parallel_size"] == 1
+
+
+@pytest.mark.parametrize("instances, message", [
+    ("a", "must be a list"),
+    ([["a"]], "entry 1 must be a dict"),
+    ([{"name": "a", "model": "m"}], r"vllm_instances\[a\]: missing port"),
+    ([{"name": "A_1", "model": "m", "port": 1}], "name='A_1' is not allowed"),
+    ([{"name": "a", "model": "m", "port": 1, "tp": 2}], "unknown key.s. tp"),
+])
+def test_malformed_lists_name_the_entry(instance_filters, instances, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        instance_filters.vllm_instances(instances, ROLE)
+
+
+def problems(instance_filters, instances, **kwargs):
+    return instance_filters.vllm_instance_problems(instance_filters.vllm_instances(instances, ROLE), **kwargs)
+
+
+def test_the_prod_layout_passes(instance_filters):
+    assert problems(instance_filters, [
+        {"name": "llama70b", "model": "m70", "gpus": [0, 1, 2, 3], "port": 8000},
+        {"name": "chat-a", "model": "m8", "gpus": [4], "port": 8002},
+        {"name": "chat-b", "model": "m8", "gpus": [5], "port": 8003},
+        {"name": "embed", "model": "e5", "gpus": [6], "port": 8004}], gpu_count=8) == []
+
+
+def test_each_mistake_is_named(instance_filters):
+    found = problems(instance_filters, [
+        {"name": "a", "model": "m", "gpus": [0, 1], "port": 8000, "tensor_parallel_size": 1},
+        {"name": "a", "model": "m", "gpus": [1, 8], "port": 8000, "tensor_parallel_size": 3},
+        {"name": "c", "model": "m", "gpus": "all", "port": 8001}], gpu_count=8,
+        reserved_ports={8001: "the wrapper (wrapper_port)"})
+    text = " | ".join(found)
+    for fragment in ("vllm_instances[a].tensor_parallel_size=1 x pipeline_parallel_size=1 = 1 GPUs, but the "
+                     "instance owns 2", "tensor_parallel_size=3 is not allowed", "GPU(s) [8] do not exist",
+                     "name a is used by a and a", "port 8000 is used by a and a", "GPU 1 is given to a and a",
+                     "vllm_instances[c].gpus=all takes every GPU", "port=8001 is taken by the wrapper"):
+        assert fragment in text
+
+
+def test_pipeline_stages_count_towards_the_gpus(instance_filters):
+    assert problems(instance_filters, [{"name": "a", "model": "m", "gpus": [0, 1, 2, 3], "port": 8000,
+                                        "pipeline_parallel_size": 2}], gpu_count=4) == []
+
+
+def test_gpu_memory_others_use_is_measured_without_our_instances(gpu_memory):
+    gpus = gpu_memory.parse((FIXTURES / "gpus.csv").read_text(), (FIXTURES / "apps.csv").read_text(),
+                            {"41021", "41187", "41188", "41189"})
+    assert gpus["0"] == {"total_mib": 81559, "used_mib": 73421, "used_by_others_mib": 7}
+    assert gpus["6"]["used_by_others_mib"] == 30721
+
+
+def test_memory_other_processes_hold_refuses_the_instance(instance_filters, gpu_memory):
+    memory = gpu_memory.parse((FIXTURES / "gpus.csv").read_text(), (FIXTURES / "apps.csv").read_text(),
+                              {"41021", "41187", "41188", "41189"})
+    layout = [{"name": "big", "model": "m", "gpus": [0, 1, 2, 3], "port": 8000},
+              {"name": "embed", "model": "e", "gpus": [6], "port": 8004, "gpu_memory_utilization": 0.5}]
+    assert problems(instance_filters, layout, gpu_count=8, memory=memory) == []
+    layout[1]["gpu_memory_utilization"] = 0.9
+    [found] = problems(instance_filters, layout, gpu_count=8, memory=memory)
+    assert "vllm_instances[embed].gpu_memory_utilization=0.9 needs 73403 MiB on GPU 6" in found
+    assert "other processes use 30721 of its 81559 MiB" in found and "lower it to 0.62 or less" in found
+
+
+def test_wiring_for_the_wrapper_and_nginx(instance_filters):
+    entries = instance_filters.vllm_instances([{"name": "a", "model": "m", "port": 8000},
+                                               {"name": "b", "model": "m", "served_model_name": "m-b",
+                                                "port": 8002}], ROLE)
+    assert instance_filters.vllm_upstreams(entries) == [
+        {"name": "a", "url": "http://127.0.0.1:8000", "models": ["m"]},
+        {"name": "b", "url": "http://127.0.0.1:8002", "models": ["m-b"]}]
+    assert instance_filters.vllm_metrics_proxies(entries) == {
+        "/metrics/vllm/a": "http://127.0.0.1:8000/metrics", "/metrics/vllm/b": "http://127.0.0.1:8002/metrics"}
+
+
+def test_another_hosts_instances_from_its_inventory(instance_filters):
+    hostvars = {"gpu01": {"vllm_port": 9000}, "gpu02": {"vllm_instances": [{"name": "x", "model": "m", "port": 1}]}}
+    assert [(e["name"], e["port"]) for e in instance_filters.fleet_instances("gpu01", hostvars)] == [("server", 9000)]
+    assert [(e["container"], e["model_name"]) for e in instance_filters.fleet_instances("gpu02", hostvars)] == [
+        ("vllm-x", "m")]

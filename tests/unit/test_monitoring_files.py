@@ -1,10 +1,13 @@
-"""The monitoring and exporters roles' static files: dashboards, alert rules template, argument specs."""
+"""The monitoring and exporters roles' files: dashboards, alert rules template, argument specs, and the
+scrape targets the monitoring role renders for an inventory (through Ansible)."""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
+import subprocess
 
 import jinja2
 import pytest
@@ -53,7 +56,7 @@ def test_dashboard_is_well_formed(path):
             assert 'instance=~"$instance"' in target["expr"], target["expr"]
     for var in board["templating"]["list"]:
         assert var["datasource"]["uid"] == DATASOURCE_UID
-        assert re.fullmatch(r"label_values\(.+, *instance\)", var["query"]["query"])
+        assert re.fullmatch(r"label_values\(.+, *(instance|vllm_instance)\)", var["query"]["query"])
 
 
 def test_vllm_dashboard_uses_vllm_032_metric_names():
@@ -110,3 +113,83 @@ def test_argument_specs_document_every_default(role):
     for name, value in defaults.items():
         assert name.startswith(role + "_")
         assert options[name]["default"] == value, name
+
+
+# Two GPU hosts: gpu01 runs two vLLM instances, gpu02 the implicit single one (vllm-server).
+TARGETS_INVENTORY = {
+    "gpu_servers": {
+        "hosts": {
+            "gpu01": {
+                "fleet_address": "10.0.0.1",
+                "exporters_dcgm_active": True,
+                "vllm_instances": [
+                    {"name": "a", "model": "/models/tiny", "served_model_name": "tiny-llama", "port": 8000,
+                     "gpus": [0]},
+                    {"name": "b", "model": "org/other-model", "port": 8002, "gpus": [1]},
+                ],
+            },
+            "gpu02": {"fleet_address": "10.0.0.2", "nginx_https_port": 8443, "vllm_served_model_name": "llama-8b"},
+        }
+    },
+    "monitoring": {"hosts": {"mon01": {}}},
+}
+
+
+@pytest.fixture(scope="module")
+def prometheus_config(tmp_path_factory):
+    work = tmp_path_factory.mktemp("monitoring-targets")
+    (work / "inventory.yml").write_text(yaml.safe_dump(TARGETS_INVENTORY))
+    env = dict(os.environ, ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory", ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", str(work / "inventory.yml"),
+         str(ROOT / "tests" / "unit" / "fixtures" / "monitoring_targets" / "render.yml"), "-e", f"out_dir={work}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return yaml.safe_load((work / "prometheus.yml").read_text())
+
+
+def job_targets(config, job):
+    scrape = next(c for c in config["scrape_configs"] if c["job_name"] == job)
+    return scrape, [(group["targets"], group["labels"]) for group in scrape["static_configs"]]
+
+
+def test_one_vllm_target_per_instance(prometheus_config):
+    scrape, found = job_targets(prometheus_config, "vllm")
+    assert scrape["metrics_path"] == "/metrics/vllm"
+    assert found == [
+        (["10.0.0.1:443"], {"__metrics_path__": "/metrics/vllm/a", "instance": "gpu01", "vllm_instance": "a",
+                            "model": "tiny-llama"}),
+        (["10.0.0.1:443"], {"__metrics_path__": "/metrics/vllm/b", "instance": "gpu01", "vllm_instance": "b",
+                            "model": "org/other-model"}),
+        # The host without vllm_instances keeps the path it has always served.
+        (["10.0.0.2:8443"], {"__metrics_path__": "/metrics/vllm", "instance": "gpu02", "vllm_instance": "server",
+                             "model": "llama-8b"}),
+    ]
+
+
+def test_host_jobs_have_one_target_per_host_with_its_models(prometheus_config):
+    for job in ("wrapper", "node"):
+        _scrape, found = job_targets(prometheus_config, job)
+        assert found == [
+            (["10.0.0.1:443"], {"instance": "gpu01", "model": "tiny-llama,org/other-model"}),
+            (["10.0.0.2:8443"], {"instance": "gpu02", "model": "llama-8b"}),
+        ], job
+    _scrape, found = job_targets(prometheus_config, "dcgm")
+    assert [labels["instance"] for _targets, labels in found] == ["gpu01"]
+
+
+def test_vllm_dashboard_selects_vllm_instances():
+    board = json.loads((MONITORING / "files" / "dashboards" / "vllm.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    selector = variables["vllm_instance"]
+    assert selector["multi"] and selector["includeAll"] and selector["allValue"] == ".*"
+    # Its values follow the host selector.
+    assert selector["query"]["query"] == 'label_values(up{job="vllm", instance=~"$instance"}, vllm_instance)'
+    vllm_exprs = [e for e in exprs(board) if re.search(r"vllm:|job=\"vllm\"", e)]
+    assert len(vllm_exprs) >= 10
+    for expr in vllm_exprs:
+        assert 'vllm_instance=~"$vllm_instance"' in expr, expr
+        # Aggregations keep the instance apart.
+        for grouping in re.findall(r"by \(([^)]*)\)", expr):
+            assert "vllm_instance" in grouping.split(", "), expr

@@ -1,4 +1,5 @@
-"""Prometheus on mon01 scrapes the GPU host through its nginx; dashboards and alert rules work on it."""
+"""Prometheus on mon01 scrapes the GPU host through its nginx, each of its two vLLM instances (host_vars: a
+serving tiny-llama, b serving tiny-llama-b) as its own target; dashboards and alert rules work on it."""
 
 import json
 import pathlib
@@ -25,6 +26,7 @@ ROOT_CA = "/tmp/pebble-root.pem"
 PROM = "http://127.0.0.1:9090"
 KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
 ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError"}
+MODELS = {"a": "tiny-llama", "b": "tiny-llama-b"}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,8 @@ def dashboard_queries():
         for panel in board["panels"]:
             for target in panel["targets"]:
                 found.append((path.name, panel["title"], target["expr"]))
-    return [(b, p, e.replace("$__rate_interval", "5m").replace("$instance", ".*")) for b, p, e in found]
+    # $__rate_interval is Grafana's; every other variable (host, vLLM instance) is "All".
+    return [(b, p, re.sub(r"\$(?!__)\w+", ".*", e.replace("$__rate_interval", "5m"))) for b, p, e in found]
 
 
 def test_prometheus_running_on_port_9090(host):
@@ -74,21 +77,27 @@ def test_configuration_passes_promtool(host):
 
 
 def test_gpu_host_targets_are_up(host):
-    wanted = {"vllm", "wrapper", "node"}
+    # The host's jobs, and one vllm target per instance.
+    wanted = {("wrapper", None), ("node", None)} | {("vllm", name) for name in MODELS}
     deadline = time.monotonic() + 90
     while True:
-        mine = [t for t in targets(host) if t["labels"].get("instance") == GPU_HOST]
-        health = {t["labels"]["job"]: t["health"] for t in mine}
-        if all(health.get(job) == "up" for job in wanted) or time.monotonic() > deadline:
+        mine = [t for t in targets(host) if t["labels"].get("instance") == GPU_HOST and t["labels"]["job"] != "dcgm"]
+        health = {(t["labels"]["job"], t["labels"].get("vllm_instance")): t["health"] for t in mine}
+        if (set(health) == wanted and set(health.values()) == {"up"}) or time.monotonic() > deadline:
             break
         time.sleep(3)
-    assert {job: health.get(job) for job in wanted} == dict.fromkeys(wanted, "up"), mine
+    assert health == dict.fromkeys(wanted, "up"), mine
     for target in mine:
         assert target["scrapeUrl"].startswith("https://"), target
-        assert target["labels"]["model"] == "tiny-llama"
+        name = target["labels"].get("vllm_instance")
+        if name:
+            assert target["scrapeUrl"].endswith(f"/metrics/vllm/{name}"), target
+            assert target["labels"]["model"] == MODELS[name], target
+        else:
+            assert target["labels"]["model"] == "tiny-llama,tiny-llama-b", target
     # The query API agrees.
     result = query(host, f'up{{instance="{GPU_HOST}"}} == 1')["data"]["result"]
-    assert {r["metric"]["job"] for r in result} >= wanted
+    assert {(r["metric"]["job"], r["metric"].get("vllm_instance")) for r in result} >= wanted
 
 
 def test_dcgm_target_up_with_a_metric_per_simulated_gpu(host, gpu):
@@ -124,7 +133,7 @@ def test_node_exporter_on_loopback_only(gpu):
     assert not gpu.socket("tcp://0.0.0.0:9100").is_listening
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/node", "/metrics/dcgm"])
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/vllm", "/metrics/vllm/a", "/metrics/vllm/b", "/metrics/node", "/metrics/dcgm"])
 def test_metrics_through_nginx_from_the_monitoring_host(host, gpu_address, root_ca, path):
     assert nginx(host, gpu_address, path, root_ca) == 200
 
@@ -171,10 +180,11 @@ def test_dashboard_query_accepted_by_prometheus(host, board, panel, expr):
 
 
 def test_vllm_panels_return_data(host, gpu, root_ca):
-    # Some traffic through nginx so the counters and histograms move, then two scrapes.
-    for prompt in ("hi", "hello", "how are you"):
-        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
-        assert nginx(gpu, "127.0.0.1", "/v1/chat/completions", root_ca, body=body, key=KEY) == 200
+    # Some traffic through nginx to both instances so the counters and histograms move, then two scrapes.
+    for model in MODELS.values():
+        for prompt in ("hi", "hello", "how are you"):
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+            assert nginx(gpu, "127.0.0.1", "/v1/chat/completions", root_ca, body=body, key=KEY) == 200
     time.sleep(12)
     empty = []
     for board, panel, expr in dashboard_queries():
@@ -183,8 +193,20 @@ def test_vllm_panels_return_data(host, gpu, root_ca):
             if not answer["data"]["result"]:
                 empty.append((panel, expr))
     assert empty == []
-    tokens = query(host, f'sum(vllm:generation_tokens_total{{instance="{GPU_HOST}"}})')["data"]["result"]
-    assert float(tokens[0]["value"][1]) > 0
+    # Every vLLM series carries its instance and that instance's model; each instance generated tokens.
+    tokens = query(host, f'sum by (vllm_instance, model) (vllm:generation_tokens_total{{instance="{GPU_HOST}"}})')
+    generated = {(r["metric"]["vllm_instance"], r["metric"]["model"]): float(r["value"][1]) for r in tokens["data"]["result"]}
+    assert set(generated) == set(MODELS.items()) and min(generated.values()) > 0, generated
+    unlabelled = query(host, f'count(vllm:num_requests_running{{instance="{GPU_HOST}", vllm_instance=""}})')
+    assert unlabelled["data"]["result"] == []
+
+
+def test_dashboard_instance_selector_lists_both_instances(host):
+    board = json.loads((DASHBOARDS / "vllm.json").read_text())
+    selector = next(v for v in board["templating"]["list"] if v["name"] == "vllm_instance")
+    inner = re.fullmatch(r"label_values\((.*), *vllm_instance\)", selector["query"]["query"]).group(1)
+    result = query(host, inner.replace("$instance", GPU_HOST))["data"]["result"]
+    assert sorted(r["metric"]["vllm_instance"] for r in result) == sorted(MODELS)
 
 
 def test_alert_expressions_accepted(host):

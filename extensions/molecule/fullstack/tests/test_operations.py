@@ -1,6 +1,9 @@
-"""The operations playbooks, run from the controller against the deployed test host."""
+"""The operations playbooks, run from the controller against the deployed test host, whose two vLLM
+instances (host_vars: `a` on port 8000 serving tiny-llama, `b` on 8002 serving tiny-llama-b) they report,
+smoke-test and restart one by one (vllm_instances_limit)."""
 
 import pathlib
+import re
 import sys
 
 import pytest
@@ -12,30 +15,46 @@ from playbooks import run_playbook  # noqa: E402
 testinfra_hosts = ["ansible://gpu_servers"]
 
 SECRETS = pathlib.Path(__file__).resolve().parents[1].joinpath("secrets").read_text().split()
+HOST = "fullstack-bookworm"
+MODELS = {"a": "tiny-llama", "b": "tiny-llama-b"}
 
 
 def playbook(name, *extra):
     return run_playbook(name, SECRETS, *extra, timeout=900)
 
 
-def test_health_check_reports_the_host_healthy():
+def test_health_check_reports_every_instance_and_the_host_healthy():
     rc, out = playbook("health_check.yml")
     assert rc == 0, out
-    assert "fullstack-bookworm" in out and " OK " in out
+    # The host's report: one line per instance, then the wrapper.
+    assert re.search(r'"vllm-a +running :8000  /health PASS  model tiny-llama"', out), out[-3000:]
+    assert re.search(r'"vllm-b +running :8002  /health PASS  model tiny-llama-b"', out), out[-3000:]
+    # The fleet table: one row for the host with both instances.
+    assert re.search(r"%s +OK +vllm\[a\] running :8000 +PASS +vllm\[b\] running :8002 +PASS +wrapper running :8001 +PASS" % HOST,
+                     out), out[-3000:]
     assert "All 1 host(s) healthy" in out
 
 
-def test_smoke_test_through_the_wrapper():
+def test_smoke_test_through_the_wrapper_asks_every_model():
     rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper")
     assert rc == 0, out
-    assert "fullstack-bookworm: PASS in" in out
+    for name, model in MODELS.items():
+        assert re.search(r"%s/%s: PASS in \S+ s, \d+ tokens from %s\b" % (HOST, name, model), out), out[-3000:]
 
 
-@pytest.mark.parametrize("service", ["vllm", "wrapper"])
-def test_logs_of_one_service(service):
-    rc, out = playbook("logs.yml", "-e", f"logs_service={service}", "-e", "logs_lines=5")
+@pytest.mark.parametrize(
+    "extra, sources",
+    [
+        (["logs_service=vllm"], ["vllm (vllm-a)", "vllm (vllm-b)"]),
+        (["logs_service=vllm", "vllm_instances_limit=b"], ["vllm (vllm-b)"]),
+        (["logs_service=wrapper"], ["wrapper (vllm-wrapper)"]),
+    ],
+    ids=["vllm", "vllm-b", "wrapper"],
+)
+def test_logs_of_one_service(extra, sources):
+    rc, out = playbook("logs.yml", "-e", "logs_lines=5", *[arg for pair in extra for arg in ("-e", pair)])
     assert rc == 0, out
-    assert f"(item={service})" in out
+    assert re.findall(r"^ok: \[%s\] => \(item=(.+?)\)$" % HOST, out, re.M) == sources, out[-3000:]
 
 
 def test_logs_rejects_an_unknown_service():
@@ -44,38 +63,57 @@ def test_logs_rejects_an_unknown_service():
     assert "logs_service=postgres is not allowed" in out
 
 
-def test_stop_then_health_check_fails_then_start_recovers(host):
-    before = container_ids(host)
-    rc, out = playbook("stop.yml")
-    assert rc == 0, out
-    rc, out = playbook("health_check.yml")
+def test_an_unknown_instance_name_is_refused():
+    rc, out = playbook("restart.yml", "-e", "vllm_instances_limit=b,c")
     assert rc != 0
-    assert "Unhealthy: fullstack-bookworm" in out
-    rc, out = playbook("start.yml")
-    assert rc == 0, out
-    assert container_ids(host) == before
-    rc, out = playbook("health_check.yml")
-    assert rc == 0, out
+    assert "vllm_instances_limit=b,c: no host of this play has an instance named c; their instances: a, b" in out, out[-3000:]
+
+
+def started(host, container):
+    return host.check_output("docker inspect -f '{{.State.StartedAt}}' %s" % container)
 
 
 def container_ids(host):
     return host.check_output("docker ps -aq --no-trunc --filter name=vllm- | sort")
 
 
-def test_restart_comes_back_ready_with_the_same_containers(host):
-    before = container_ids(host)
-    rc, out = playbook("restart.yml")
+# One vLLM start in all: b is stopped, then brought back by restart.yml; a, the wrapper and nginx keep serving.
+def test_stop_and_restart_one_instance_leave_the_other_serving(host):
+    ids = container_ids(host)
+    others = {name: started(host, name) for name in ("vllm-a", "vllm-wrapper")}
+    rc, out = playbook("stop.yml", "-e", "vllm_instances_limit=b")
     assert rc == 0, out
-    assert container_ids(host) == before  # restarted, not re-created with other settings
-    assert host.socket("tcp://127.0.0.1:8001").is_listening
-    assert not host.socket("tcp://0.0.0.0:8001").is_listening
+    assert host.check_output("docker inspect -f '{{.State.Status}}' vllm-b") == "exited"
+    assert host.service("nginx").is_running
+    rc, out = playbook("health_check.yml")
+    assert rc != 0
+    assert re.search(r"%s +FAIL +vllm\[a\] running :8000 +PASS +vllm\[b\] exited :8002 +FAIL \(no answer\)" % HOST, out), out[-3000:]
+    assert "Unhealthy: %s" % HOST in out
+    # a still answers through nginx and the wrapper while b is down.
+    pebble_root(host, "/tmp/pebble-root.pem")
+    rc, out = playbook("smoke_test.yml", "-e", "smoke_test_ca_file=/tmp/pebble-root.pem", "-e", "vllm_instances_limit=a")
+    assert rc == 0, out
+    assert "%s/a: PASS in" % HOST in out and "%s/b" % HOST not in out
+    # Starting a instance that runs changes nothing.
+    rc, out = playbook("start.yml", "-e", "vllm_instances_limit=a")
+    assert rc == 0, out
+    assert re.search(r"%s +: ok=\d+ +changed=0 " % HOST, out), out[-3000:]
+    b_before = started(host, "vllm-b")
+    rc, out = playbook("restart.yml", "-e", "vllm_instances_limit=b")
+    assert rc == 0, out
+    assert started(host, "vllm-b") != b_before
+    assert {name: started(host, name) for name in others} == others, "restart.yml -e vllm_instances_limit=b touched another container"
+    assert container_ids(host) == ids  # restarted, not re-created with other settings
+    rc, out = playbook("health_check.yml")
+    assert rc == 0, out
 
 
 def test_smoke_test_through_nginx_with_verified_tls(host):
     pebble_root(host, "/tmp/pebble-root.pem")
     rc, out = playbook("smoke_test.yml", "-e", "smoke_test_ca_file=/tmp/pebble-root.pem")
     assert rc == 0, out
-    assert "fullstack-bookworm: PASS in" in out
+    for name in MODELS:
+        assert "%s/%s: PASS in" % (HOST, name) in out, out[-3000:]
 
 
 # Each failure names its cause. (Extra vars only steer the smoke test here: it deploys nothing.)
@@ -95,15 +133,17 @@ def test_smoke_test_failure_names_its_cause(host, extra, cause):
     pebble_root(host, "/tmp/pebble-root.pem")
     rc, out = playbook("smoke_test.yml", *[arg for pair in extra for arg in ("-e", pair)])
     assert rc != 0
-    assert "fullstack-bookworm: smoke test failed: " + cause in out, out[-2000:]
+    for name in MODELS:
+        assert "%s/%s: smoke test failed: %s" % (HOST, name, cause) in out, out[-2000:]
 
 
-def test_smoke_test_names_a_timeout_when_the_engine_hangs(host):
-    pid = host.check_output("docker inspect -f '{{.State.Pid}}' vllm-server")
-    host.run_expect([0], f"kill -STOP {pid}")  # vLLM stops answering; the wrapper waits for it
+def test_smoke_test_names_a_timeout_of_one_instance(host):
+    pid = host.check_output("docker inspect -f '{{.State.Pid}}' vllm-b")
+    host.run_expect([0], f"kill -STOP {pid}")  # b stops answering; the wrapper waits for it
     try:
         rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper", "-e", "smoke_test_timeout=3")
     finally:
         host.run_expect([0], f"kill -CONT {pid}")
     assert rc != 0
-    assert "fullstack-bookworm: smoke test failed: timeout: no answer from 127.0.0.1:8001 within 3.0 s" in out, out[-2000:]
+    assert "%s/b: smoke test failed: timeout: no answer from 127.0.0.1:8001 within 3.0 s" % HOST in out, out[-2000:]
+    assert "%s/a: PASS in" % HOST in out, out[-2000:]

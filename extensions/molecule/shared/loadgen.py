@@ -1,4 +1,4 @@
-"""Steady API traffic through the load balancer while a test changes the fleet.
+"""Steady API traffic (through a load balancer or one host's nginx) while a test changes the fleet.
 
 Every worker sends chat completions (streaming and not, in turn), back to back or `pause` seconds
 apart, and records each outcome; a request counts as failed unless it gets HTTP 200 and a complete

@@ -11,9 +11,12 @@ pinned vLLM in tests/unit/test_vllm_failure_hint.py; the role passes them on the
 from __future__ import annotations
 
 import json
+import pathlib
+import sys
 
-from loadgen import LoadGenerator
-from test_fleet import API_KEY, GPUS, LOAD_PAUSE, MODEL, address, backend_files, lb_url, node, playbook, print_recap
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from loadgen import LoadGenerator  # noqa: E402
+from test_fleet import API_KEY, GPUS, LOAD_PAUSE, MODEL, address, backend_files, lb_url, node, playbook, print_recap  # noqa: E402
 
 HOST = GPUS[0]
 

@@ -102,6 +102,6 @@ def test_secrets_absent_from_docker_inspect_and_logs(host, name):
 
 
 def test_token_reaches_the_container_through_a_file(host):
-    env = json.loads(host.check_output("docker inspect -f '{{json .Config.Env}}' vllm-server"))
+    env = json.loads(host.check_output("docker inspect -f '{{json .Config.Env}}' vllm-a"))
     assert "HF_TOKEN_PATH=/run/secrets/vllm/hf_token" in env
     assert host.check_output("docker exec vllm-a cat /run/secrets/vllm/hf_token") == TOKEN

@@ -47,7 +47,7 @@ def client(gpu_address, pebble_ca):
 
 def engine(host):
     """What changes when vllm-a's process dies and Docker starts it again."""
-    state = json.loads(host.check_output("docker inspect -f '{{json .}}' vllm-server"))
+    state = json.loads(host.check_output("docker inspect -f '{{json .}}' vllm-a"))
     return {"restarts": state["RestartCount"], "started": state["State"]["StartedAt"], "status": state["State"]["Status"]}
 
 
@@ -59,7 +59,7 @@ def engine_before(host):
 
 
 def assert_engine_stayed_up(host, before):
-    assert engine(host) == before, "vllm-server died and was restarted during the request"
+    assert engine(host) == before, "vllm-a died and was restarted during the request"
     assert request(host, "http://127.0.0.1:8000/health")[0] == 200
 
 

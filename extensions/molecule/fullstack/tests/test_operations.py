@@ -139,6 +139,7 @@ def test_smoke_test_failure_names_its_cause(host, extra, cause):
 
 def test_smoke_test_names_a_timeout_of_one_instance(host):
     pid = host.check_output("docker inspect -f '{{.State.Pid}}' vllm-b")
+    assert pid != "0", "vllm-b is not running"  # kill -STOP 0 would stop the shell itself
     host.run_expect([0], f"kill -STOP {pid}")  # b stops answering; the wrapper waits for it
     try:
         rc, out = playbook("smoke_test.yml", "-e", "smoke_test_via=wrapper", "-e", "smoke_test_timeout=3")

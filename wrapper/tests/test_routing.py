@@ -165,6 +165,20 @@ def test_missing_model_with_one_name_is_routed(stubs: dict[str, StubUpstream],
                       .partition(b"\r\n\r\n")[2])["model"] == "tiny-a"  # /chat names it
 
 
+def test_chat_without_model_takes_vllm_served_model(stubs: dict[str, StubUpstream],
+                                                   start_wrapper) -> None:
+    """The wrapper role sets VLLM_SERVED_MODEL to the first instance's name: the guide's /chat needs none."""
+    chat = start_wrapper(VLLM_UPSTREAMS=json.dumps([_spec("a", stubs["a"].url, "tiny-a"),
+                                                    _spec("b1", stubs["b1"].url, "tiny-b")]),
+                         VLLM_UPSTREAM_URL="http://127.0.0.1:9", VLLM_SERVED_MODEL="tiny-b")
+    r = httpx.post(chat.url + "/chat", json=_chat(), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "b1"
+    assert json.loads(stubs["b1"].requests[-1].partition(b"\r\n\r\n")[2])["model"] == "tiny-b"
+    # The passthrough is left as sent: without a model it is still refused.
+    assert httpx.post(chat.url + "/v1/chat/completions", json=_chat(), timeout=10).status_code == 400
+
+
 def test_models_are_merged(routed: Wrapper, stubs: dict[str, StubUpstream]) -> None:
     r = httpx.get(routed.url + "/v1/models", timeout=10)
     assert r.status_code == 200

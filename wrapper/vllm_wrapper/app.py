@@ -137,10 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         info: RequestInfo = request.scope[INFO_KEY]
         target: Upstream | Response = upstream
         if router is not None:
-            target = router.pick(payload.model or None)
+            # No model: VLLM_SERVED_MODEL when set (the wrapper role sets the first instance's).
+            target = router.pick(payload.model or settings.served_model)
             if isinstance(target, Response):
                 return target
-            model = payload.model or router.models[0]
+            model = payload.model or settings.served_model or router.models[0]
         else:
             try:
                 model = payload.model or await upstream.served_model(info.request_id)

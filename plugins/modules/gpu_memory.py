@@ -13,7 +13,7 @@ description:
   - Memory used by processes of the containers named in O(exclude_containers) (the host's own vLLM
     instances, which a new run replaces) is not counted as used by others; a process belongs to a
     container when its cgroup names the container's id.
-  - Without C(nvidia-smi) or a loaded driver it returns O(available=false) and no GPUs, so a first run
+  - Without C(nvidia-smi) or a loaded driver it returns RV(available=false) and no GPUs, so a first run
     before the driver is installed is not refused.
 options:
   exclude_containers:
@@ -109,15 +109,15 @@ def main():
     smi = module.get_bin_path("nvidia-smi")
     if smi is None:
         module.exit_json(changed=False, available=False, gpus={})
-    rc, gpu_csv, _ = module.run_command([smi] + GPU_QUERY[1:])
+    rc, gpu_csv, dummy = module.run_command([smi] + GPU_QUERY[1:])
     if rc != 0:
         module.exit_json(changed=False, available=False, gpus={})
-    rc, apps_csv, _ = module.run_command([smi] + APP_QUERY[1:])
+    rc, apps_csv, dummy = module.run_command([smi] + APP_QUERY[1:])
     apps_csv = apps_csv if rc == 0 else ""
     ids = []
     docker = module.get_bin_path("docker")
     for name in module.params["exclude_containers"] if docker else []:
-        rc, out, _ = module.run_command([docker, "inspect", "--format", "{{.Id}}", name])
+        rc, out, dummy = module.run_command([docker, "inspect", "--format", "{{.Id}}", name])
         if rc == 0 and out.strip():
             ids.append(out.strip())
     module.exit_json(changed=False, available=True, gpus=parse(gpu_csv, apps_csv, container_pids(ids)))

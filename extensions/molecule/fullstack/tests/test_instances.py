@@ -14,7 +14,7 @@ import yaml
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
 from loadgen import LoadGenerator  # noqa: E402
 from playbooks import run_playbook  # noqa: E402
-from test_openai_sdk import KEY, MESSAGES, client  # noqa: E402,F401 - the SDK fixture through nginx
+from test_openai_sdk import KEY, MESSAGES, client  # noqa: E402,F401 pylint: disable=unused-import # the SDK fixture
 
 testinfra_hosts = ["ansible://gpu_servers"]
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from host_http import pebble_root  # noqa: E402
 from loadgen import LoadGenerator  # noqa: E402
 from playbooks import run_playbook  # noqa: E402
 from test_openai_sdk import KEY, MESSAGES, client  # noqa: E402,F401 pylint: disable=unused-import # the SDK fixture
@@ -49,10 +50,12 @@ def test_rolling_update_of_one_instance_leaves_the_other_serving(host, gpu_addre
         if entry["name"] == "b":
             entry["max_model_len"] = 192  # a setting that replaces b's container
     a_before, b_before = container(host, "vllm-a"), container(host, "vllm-b")
+    pebble_root(host, "/tmp/pebble-root.pem")  # the smoke test verifies nginx's certificate with it
     load = LoadGenerator("https://" + gpu_address, KEY, MODELS["a"], workers=2, pause=0.5)
     load.start()
     try:
         rc, out = run_playbook("rolling_update.yml", SECRETS, "-e", "vllm_instances_limit=b",
+                               "-e", "smoke_test_ca_file=/tmp/pebble-root.pem",
                                "-e", json.dumps({"vllm_instances": instances}))
     finally:
         load.stop()

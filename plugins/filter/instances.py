@@ -17,6 +17,11 @@ from ansible.errors import AnsibleFilterError
 # The implicit instance of a host without vllm_instances.
 SINGLE_NAME = "server"
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+# vllm-wrapper is the wrapper's container; <container>-previous and -download are the role's own.
+RESERVED_NAMES = ("wrapper",)
+# The Docker label naming the instance of each vLLM container.
+LABEL = "gpufleet-vllm-instance"
+RESERVED_SUFFIXES = ("-previous", "-download")
 # Each setting an entry may override, with the role variable it defaults to (served_model_name only
 # for the single instance; a listed one defaults to its model).
 OVERRIDES = {
@@ -62,6 +67,19 @@ def _number(value, kind):
     return value
 
 
+def _api(args):
+    """What a smoke test asks the instance: "embeddings" for a pooling model (vLLM's --runner pooling,
+    --convert or a pooling --task), else "chat"."""
+    args = [str(a) for a in args or []]
+    for index, arg in enumerate(args):
+        flag, dummy, value = arg.partition("=")
+        value = value or (args[index + 1] if index + 1 < len(args) else "")
+        if (flag == "--runner" and value == "pooling" or flag == "--convert"
+                or flag == "--task" and value in ("embed", "embedding", "classify", "score", "reward")):
+            return "embeddings"
+    return "chat"
+
+
 def _entry(name, container, model, port, settings, listed):
     entry = dict(settings)
     entry.update(name=name, container=container, model=model, port=port, listed=listed)
@@ -69,6 +87,7 @@ def _entry(name, container, model, port, settings, listed):
         entry[key] = _number(entry[key], int)
     entry["gpu_memory_utilization"] = _number(entry["gpu_memory_utilization"], float)
     entry["model_name"] = str(entry["served_model_name"] or model)
+    entry["api"] = _api(entry["extra_args"])
     # Where the instance's settings are named in messages: the guide's variables, or its list entry.
     entry["setting_prefix"] = "vllm_instances[%s]." % name if listed else "vllm_"
     return entry
@@ -103,16 +122,26 @@ def vllm_instances(instances, role_vars):
                     "; ".join(["missing " + ", ".join(missing)] * bool(missing)
                               + ["unknown key(s) " + ", ".join(unknown)] * bool(unknown)),
                     ", ".join(REQUIRED + tuple(OVERRIDES))))
-        if not NAME.match(str(item["name"])):
+        name = str(item["name"])
+        if not NAME.match(name) or name in RESERVED_NAMES or name.endswith(RESERVED_SUFFIXES):
             raise AnsibleFilterError(
                 "%s: name=%r is not allowed; use 1-32 lower-case letters, digits and '-' (it names the "
-                "container vllm-<name>)" % (where, item["name"]))
+                "container vllm-<name>), not %s and not ending in %s (the wrapper's and the role's own "
+                "containers)" % (where, item["name"], ", ".join(RESERVED_NAMES), ", ".join(RESERVED_SUFFIXES)))
+        if not isinstance(item.get("extra_args", []), (list, tuple)):
+            raise AnsibleFilterError("%s: extra_args must be a list of arguments, e.g. [--enforce-eager], got %r"
+                                     % (where, item["extra_args"]))
+        if not isinstance(item.get("env") or {}, dict):
+            raise AnsibleFilterError("%s: env must be a dict of variables, got %r" % (where, item["env"]))
         settings = dict(defaults)
         settings.update({key: item[key] for key in OVERRIDES if key in item})
         # Not the role-wide served name: instances of different models would all answer to it.
         settings["served_model_name"] = item.get("served_model_name") or ""
         # vllm_env is the base every instance adds to.
         settings["env"] = dict(defaults["env"] or {}, **dict(item.get("env") or {}))
+        if isinstance(settings["gpus"], (list, tuple)):
+            settings["gpus"] = [_number(index, int) for index in settings["gpus"]]
+        settings["pipeline_parallel_size"] = _number(settings["pipeline_parallel_size"], int)
         if "tensor_parallel_size" not in item and isinstance(settings["gpus"], list) and settings["gpus"]:
             pipeline = settings["pipeline_parallel_size"]
             if isinstance(pipeline, int) and pipeline > 0:
@@ -236,6 +265,25 @@ def vllm_metrics_proxies(instances, address="127.0.0.1"):
     return {"/metrics/vllm/%s" % e["name"]: _url(address, e["port"], "/metrics") for e in instances}
 
 
+def vllm_stale_containers(labelled, single, instances):
+    """Containers no instance owns any more: those in LABELLED (docker_host_info's verbose list of
+    containers labelled gpufleet-vllm-instance) whose instance is not in INSTANCES, and SINGLE (the
+    docker_container_info result of the single vllm-server, or {}) when no instance is that container.
+    Each as {name, running}."""
+    names = {e["name"] for e in instances}
+    owned = {e["container"] for e in instances}
+    stale = []
+    for container in labelled or []:
+        name = str((container.get("Names") or ["/"])[0]).lstrip("/")
+        if (container.get("Labels") or {}).get(LABEL) not in names and name not in owned:
+            stale.append({"name": name, "running": container.get("State") == "running"})
+    single = single or {}
+    if single.get("exists") and str(single["container"]["Name"]).lstrip("/") not in owned | {s["name"] for s in stale}:
+        stale.append({"name": str(single["container"]["Name"]).lstrip("/"),
+                      "running": bool(single["container"]["State"]["Running"])})
+    return stale
+
+
 def fleet_instances(host, hostvars):
     """The complete vLLM instances of HOST from its inventory variables (role defaults where unset)."""
     host_vars = hostvars.get(host) if hasattr(hostvars, "get") else None
@@ -257,6 +305,7 @@ class FilterModule:
             "vllm_instance_problems": vllm_instance_problems,
             "vllm_upstreams": vllm_upstreams,
             "vllm_metrics_proxies": vllm_metrics_proxies,
+            "vllm_stale_containers": vllm_stale_containers,
             "fleet_instances": fleet_instances,
             "fleet_served_models": fleet_served_models,
         }

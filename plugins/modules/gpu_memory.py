@@ -10,8 +10,8 @@ short_description: GPU memory that other processes use, per GPU, from nvidia-smi
 version_added: 0.1.0
 description:
   - Runs C(nvidia-smi) for each GPU's total and used memory and for the compute processes on it.
-  - Memory used by processes of the containers named in O(exclude_containers) (the host's own vLLM
-    instances, which a new run replaces) is not counted as used by others; a process belongs to a
+  - Memory used by processes of the containers named in O(exclude_containers) or labelled O(exclude_label)
+    (the host's own vLLM instances, which a new run replaces or removes) is not counted as used by others; a process belongs to a
     container when its cgroup names the container's id.
   - Without C(nvidia-smi) or a loaded driver it returns RV(available=false) and no GPUs, so a first run
     before the driver is installed is not refused.
@@ -21,6 +21,12 @@ options:
     type: list
     elements: str
     default: []
+  exclude_label:
+    description:
+      - Docker containers carrying this label are not counted either (all of the host's vLLM instances,
+        those a run is about to remove included).
+    type: str
+    default: ""
 author:
   - gpufleet maintainers (@gpufleet)
 attributes:
@@ -103,7 +109,10 @@ def container_pids(container_ids, proc="/proc"):
 
 def main():
     module = AnsibleModule(
-        argument_spec={"exclude_containers": {"type": "list", "elements": "str", "default": []}},
+        argument_spec={
+            "exclude_containers": {"type": "list", "elements": "str", "default": []},
+            "exclude_label": {"type": "str", "default": ""},
+        },
         supports_check_mode=True,
     )
     smi = module.get_bin_path("nvidia-smi")
@@ -120,6 +129,10 @@ def main():
         rc, out, dummy = module.run_command([docker, "inspect", "--format", "{{.Id}}", name])
         if rc == 0 and out.strip():
             ids.append(out.strip())
+    if docker and module.params["exclude_label"]:
+        rc, out, dummy = module.run_command(
+            [docker, "ps", "--all", "--quiet", "--no-trunc", "--filter", "label=" + module.params["exclude_label"]])
+        ids.extend(out.split() if rc == 0 else [])
     module.exit_json(changed=False, available=True, gpus=parse(gpu_csv, apps_csv, container_pids(ids)))
 
 

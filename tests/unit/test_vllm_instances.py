@@ -111,3 +111,51 @@ def test_another_hosts_instances_from_its_inventory(instance_filters):
     assert [(e["name"], e["port"]) for e in instance_filters.fleet_instances("gpu01", hostvars)] == [("server", 9000)]
     assert [(e["container"], e["model_name"]) for e in instance_filters.fleet_instances("gpu02", hostvars)] == [
         ("vllm-x", "m")]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "wrapper", "model": "m", "port": 1}, "name='wrapper' is not allowed"),
+    ({"name": "x-previous", "model": "m", "port": 1}, "name='x-previous' is not allowed"),
+    ({"name": "x", "model": "m", "port": 1, "extra_args": "--enforce-eager"}, "extra_args must be a list"),
+    ({"name": "x", "model": "m", "port": 1, "env": ["A=1"]}, "env must be a dict"),
+])
+def test_names_of_other_containers_and_wrong_types_are_refused(instance_filters, entry, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        instance_filters.vllm_instances([entry], ROLE)
+
+
+def test_numbers_written_as_text_count_as_numbers(instance_filters):
+    [entry] = instance_filters.vllm_instances(
+        [{"name": "a", "model": "m", "port": "8000", "gpus": ["0", "1", "2", "3"], "pipeline_parallel_size": "2"}],
+        ROLE)
+    assert (entry["gpus"], entry["tensor_parallel_size"], entry["pipeline_parallel_size"]) == ([0, 1, 2, 3], 2, 2)
+    assert instance_filters.vllm_instance_problems([entry], gpu_count=4) == []
+
+
+def test_containers_no_instance_owns_are_found(instance_filters):
+    entries = instance_filters.vllm_instances([{"name": "a", "model": "m", "port": 8000}], ROLE)
+    labelled = [
+        {"Names": ["/vllm-a"], "Labels": {"gpufleet-vllm-instance": "a"}, "State": "running"},
+        {"Names": ["/vllm-a-previous"], "Labels": {"gpufleet-vllm-instance": "a"}, "State": "exited"},
+        {"Names": ["/vllm-c"], "Labels": {"gpufleet-vllm-instance": "c"}, "State": "running"},
+        {"Names": ["/vllm-c-previous"], "Labels": {"gpufleet-vllm-instance": "c"}, "State": "exited"},
+    ]
+    single = {"exists": True, "container": {"Name": "/vllm-server", "State": {"Running": True}}}
+    assert instance_filters.vllm_stale_containers(labelled, single, entries) == [
+        {"name": "vllm-c", "running": True}, {"name": "vllm-c-previous", "running": False},
+        {"name": "vllm-server", "running": True}]
+    # The single server that is the host's instance is never stale.
+    [server] = instance_filters.vllm_instances([], ROLE)
+    assert instance_filters.vllm_stale_containers(
+        [{"Names": ["/vllm-server"], "Labels": {"gpufleet-vllm-instance": "server"}, "State": "running"}],
+        {"skipped": True}, [server]) == []
+
+
+@pytest.mark.parametrize("args, api", [
+    ([], "chat"), (["--enforce-eager"], "chat"), (["--runner", "pooling"], "embeddings"),
+    (["--runner=pooling"], "embeddings"), (["--convert", "embed"], "embeddings"), (["--task", "embed"], "embeddings"),
+    (["--runner", "generate"], "chat"),
+])
+def test_smoke_tests_ask_pooling_models_for_embeddings(instance_filters, args, api):
+    [entry] = instance_filters.vllm_instances([{"name": "e", "model": "m", "port": 1, "extra_args": args}], ROLE)
+    assert entry["api"] == api

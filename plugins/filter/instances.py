@@ -251,6 +251,15 @@ def vllm_instance_problems(instances, gpu_count=None, memory=None, reserved_port
     return problems
 
 
+def vllm_instance_names(limit):
+    """The instance names in LIMIT (vllm_instances_limit: a list, or one comma-separated text such as
+    -e vllm_instances_limit=a,b gives), without blanks; [] for none."""
+    if limit is None:
+        return []
+    items = limit.split(",") if isinstance(limit, str) else limit
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 def _url(address, port, path=""):
     return "http://%s:%s%s" % ("[%s]" % address if ":" in str(address) else address, port, path)
 
@@ -303,6 +312,7 @@ class FilterModule:
         return {
             "vllm_instances": vllm_instances,
             "vllm_instance_problems": vllm_instance_problems,
+            "vllm_instance_names": vllm_instance_names,
             "vllm_upstreams": vllm_upstreams,
             "vllm_metrics_proxies": vllm_metrics_proxies,
             "vllm_stale_containers": vllm_stale_containers,

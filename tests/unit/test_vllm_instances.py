@@ -159,3 +159,10 @@ def test_containers_no_instance_owns_are_found(instance_filters):
 def test_smoke_tests_ask_pooling_models_for_embeddings(instance_filters, args, api):
     [entry] = instance_filters.vllm_instances([{"name": "e", "model": "m", "port": 1, "extra_args": args}], ROLE)
     assert entry["api"] == api
+
+
+@pytest.mark.parametrize("limit, names", [
+    ([], []), (None, []), ("b", ["b"]), (" a, b ,", ["a", "b"]), (["a", " b"], ["a", "b"]), ("", []),
+])
+def test_the_limit_as_the_role_and_the_playbooks_read_it(instance_filters, limit, names):
+    assert instance_filters.vllm_instance_names(limit) == names

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "nvidia_smi"
@@ -166,3 +167,9 @@ def test_smoke_tests_ask_pooling_models_for_embeddings(instance_filters, args, a
 ])
 def test_the_limit_as_the_role_and_the_playbooks_read_it(instance_filters, limit, names):
     assert instance_filters.vllm_instance_names(limit) == names
+
+
+def test_defaults_for_other_hosts_are_the_vllm_roles(instance_filters):
+    """fleet_instances fills another host's unset variables with these: they must stay the role's defaults."""
+    role = yaml.safe_load((FIXTURES.parents[2].parent / "roles" / "vllm" / "defaults" / "main.yml").read_text())
+    assert {name: role[name] for name in instance_filters.DEFAULTS} == instance_filters.DEFAULTS

@@ -21,6 +21,7 @@ class Sim(asyncio.Protocol):
     ttft = 0.01
     itl = 0.002
     tokens = 16
+    model = MODEL
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -72,7 +73,7 @@ class Sim(asyncio.Protocol):
                 self._send("200 OK", b"")
             elif path == b"/v1/models":
                 self._send("200 OK", orjson.dumps({"object": "list", "data": [
-                    {"id": MODEL, "object": "model", "owned_by": "sim"}]}))
+                    {"id": self.model, "object": "model", "owned_by": "sim"}]}))
             elif method == b"POST" and path in (b"/v1/chat/completions", b"/v1/completions"):
                 stream = b'"stream":true' in body.replace(b" ", b"")
                 if stream:
@@ -81,7 +82,7 @@ class Sim(asyncio.Protocol):
                     await asyncio.sleep(self.ttft + (self.tokens - 1) * self.itl)
                     self._send("200 OK", orjson.dumps({
                         "id": "chatcmpl-sim", "object": "chat.completion",
-                        "created": int(time.time()), "model": MODEL,
+                        "created": int(time.time()), "model": self.model,
                         "choices": [{"index": 0, "finish_reason": "length", "message": {
                             "role": "assistant", "content": "tok " * self.tokens}}],
                         "usage": {"prompt_tokens": 8, "completion_tokens": self.tokens,
@@ -107,7 +108,7 @@ class Sim(asyncio.Protocol):
                 return
             event = b"data: " + orjson.dumps({
                 "id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
-                "model": MODEL, "choices": [{"index": 0, "delta": {"content": "tok "},
+                "model": self.model, "choices": [{"index": 0, "delta": {"content": "tok "},
                                              "finish_reason": None}],
             }) + b"\n\n"
             w(b"%x\r\n%s\r\n" % (len(event), event))
@@ -129,8 +130,9 @@ def main() -> None:
     parser.add_argument("--ttft", type=float, default=0.01, help="seconds to first token")
     parser.add_argument("--itl", type=float, default=0.002, help="seconds between tokens")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--model", default=MODEL, help="the model name it serves")
     args = parser.parse_args()
-    Sim.ttft, Sim.itl, Sim.tokens = args.ttft, args.itl, args.tokens
+    Sim.ttft, Sim.itl, Sim.tokens, Sim.model = args.ttft, args.itl, args.tokens, args.model
     uvloop.run(serve(args.host, args.port))
 
 

@@ -307,6 +307,37 @@ def fleet_served_models(host, hostvars):
     return ", ".join(sorted({e["model_name"] for e in fleet_instances(host, hostvars)}))
 
 
+def router_slug(model):
+    """MODEL as one URL path segment (every character outside [A-Za-z0-9._-] becomes '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(model))
+
+
+def router_workers(backends, hostvars, backends_port):
+    """Workers for vllm-router from BACKENDS (fleet_backends' host/address/port entries).
+
+    Each worker's URL points at the edge's own backends server on 127.0.0.1:BACKENDS_PORT, whose path
+    /b/<host>/<instance>/<model> says where it goes; the router's metrics label workers with that URL."""
+    workers = []
+    for backend in backends or []:
+        for instance in fleet_instances(backend["host"], hostvars):
+            model = instance["model_name"]
+            path = "/b/%s/%s/%s" % (backend["host"], instance["name"], router_slug(model))
+            workers.append({
+                "url": "http://127.0.0.1:%d%s" % (int(backends_port), path),
+                "model": model,
+                "host": backend["host"],
+                "instance": instance["name"],
+                "address": backend["address"],
+                "port": backend["port"],
+            })
+    return workers
+
+
+def router_models(workers):
+    """The model names WORKERS serve, sorted and unique."""
+    return sorted({worker["model"] for worker in workers or []})
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -318,4 +349,7 @@ class FilterModule:
             "vllm_stale_containers": vllm_stale_containers,
             "fleet_instances": fleet_instances,
             "fleet_served_models": fleet_served_models,
+            "router_slug": router_slug,
+            "router_workers": router_workers,
+            "router_models": router_models,
         }

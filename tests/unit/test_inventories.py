@@ -161,7 +161,8 @@ def backends_by_balancer(inventory):
         pytest.skip(f"{inventory.name} has no load balancer")
     result = {}
     for balancer in balancers:
-        backend_group = inventory.value(balancer, "loadbalancer", "loadbalancer_backend_group")
+        backend_group = inventory.value(balancer, "loadbalancer", "loadbalancer_backend_group") or inventory.value(
+            balancer, "loadbalancer", "router_backend_group")
         result[balancer] = inventory.groups.get(backend_group, [])
         assert result[balancer], f"{inventory.name}: {balancer} balances over group {backend_group}, which has no host"
     return result
@@ -177,8 +178,10 @@ def test_gpu_hosts_trust_the_client_address_their_load_balancers_pass_on(invento
             )
 
 
-def test_one_model_per_load_balancer(inventory):
+def test_one_model_per_load_balancer_of_a_model_group(inventory):
     for balancer, backends in backends_by_balancer(inventory).items():
+        if not inventory.value(balancer, "loadbalancer", "loadbalancer_backend_group"):
+            continue  # router mode: every model of the fleet on one endpoint
         served = {
             host: inventory.value(host, "vllm", "vllm_served_model_name") or inventory.value(host, "vllm", "vllm_model")
             for host in backends

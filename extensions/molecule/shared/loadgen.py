@@ -17,13 +17,16 @@ import urllib.request
 
 
 class LoadGenerator:
-    def __init__(self, base_url, api_key, model, workers=4, max_tokens=8, pause=0.0):
+    def __init__(self, base_url, api_key, model, workers=4, max_tokens=8, pause=0.0, vary=False):
         self.base_url = base_url
         self.api_key = api_key
         self.model = model
         self.workers = workers
         self.max_tokens = max_tokens
         self.pause = pause
+        # vary: every request's prompt starts differently (no shared prefix for a cache-aware router).
+        self.vary = vary
+        self.sent = 0
         self.context = ssl.create_default_context()
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE  # the load balancer's self-signed certificate
@@ -35,10 +38,17 @@ class LoadGenerator:
         self.threads = []
         self.started = self.stopped = 0.0
 
+    def prompt(self):
+        if not self.vary:
+            return "Count to three."
+        with self.lock:
+            self.sent += 1
+            return "Request %d: count to three." % self.sent
+
     def request(self, stream):
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": "Count to three."}],
+            "messages": [{"role": "user", "content": self.prompt()}],
             "max_tokens": self.max_tokens,
             "stream": stream,
         }

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
 from loadgen import LoadGenerator  # noqa: E402
-from test_fleet import API_KEY, GPUS, LOAD_PAUSE, MODEL, address, backend_files, lb_url, node, playbook, print_recap  # noqa: E402
+from test_fleet import API_KEY, GPUS, LOAD_PAUSE, MODEL, address, drained_hosts, lb_url, node, playbook, print_recap  # noqa: E402
 
 HOST = GPUS[0]
 
@@ -71,7 +71,7 @@ def test_a_new_vllm_that_does_not_start_is_rolled_back_while_the_fleet_serves():
     assert (after["Config"]["Image"], after["Config"]["Cmd"]) == (before["Config"]["Image"], before["Config"]["Cmd"])
     assert after["State"]["Running"]
     assert "vllm-server-previous" not in node(HOST).check_output("docker ps -a --format '{{.Names}}'")
-    assert not backend_files()[HOST].rstrip().endswith(" down;"), "the host must be back in the load balancer"
+    assert HOST not in drained_hosts(), "the host must be back in the edge"
     assert through_lb.failures == [], through_lb.report()
     # The host's own clients saw it down for the rollback window (counted and printed above); it serves now.
     status, complete, _backend, _body = direct.request(False)

@@ -1,5 +1,6 @@
-"""The fleet behind its load balancer: balancing, client addresses, metrics access, an unreachable
-host, and rolling updates under load (one that fails and stops, one that succeeds)."""
+"""The fleet behind its edge (nginx and vllm-router): routing, the OpenAI SDK on one base URL, client
+addresses, metrics access, an unreachable host, and rolling updates under load (one that fails and stops,
+one that succeeds)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
+import httpx2
+import openai
+import pytest
 import testinfra
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
@@ -56,10 +62,30 @@ def lb_url():
     return "https://%s" % address(LB)[0]
 
 
-def backend_files():
-    return {
-        gpu: node(LB).file("/etc/nginx/gpufleet-backends/%s.conf" % gpu).content_string for gpu in GPUS
-    }
+def openai_client(api_key=API_KEY):
+    """The official SDK on the edge's one base URL (its certificate is self-signed)."""
+    return openai.OpenAI(base_url=lb_url() + "/v1", api_key=api_key, max_retries=0, timeout=120,
+                         http_client=httpx2.Client(verify=False))
+
+
+def router_get(path):
+    """GET PATH from vllm-router on the edge (127.0.0.1 there only), parsed."""
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8010%s').read().decode())" % path
+    return json.loads(node(LB).check_output("python3 -c %s" % shlex.quote(script)))
+
+
+def router_workers():
+    """vllm-router's workers: {url: healthy}."""
+    return {w["url"]: w["is_healthy"] for w in router_get("/workers")["workers"]}
+
+
+def worker_url(gpu):
+    return "http://127.0.0.1:8011/b/%s/server/%s" % (gpu, MODEL)
+
+
+def drained_hosts():
+    """The hosts the edge holds out (rolling_update.yml's drain)."""
+    return node(LB).check_output("ls /etc/gpufleet/router/drained").split()
 
 
 def print_recap(out):
@@ -92,24 +118,44 @@ def vllm_image(gpu):
     return node(gpu).check_output("docker inspect -f '{{.Config.Image}}' vllm-server")
 
 
-def test_load_balancer_lists_every_backend_and_its_config_is_valid():
-    files = backend_files()
-    for gpu in GPUS:
-        ip = address(gpu)[0]
-        assert "server %s:443 max_fails=2 fail_timeout=10s;" % ip in files[gpu]
+def test_the_edge_routes_to_every_instance_of_the_fleet_and_its_config_is_valid():
+    listed = json.loads(node(LB).file("/etc/gpufleet/router/workers.json").content_string)
+    assert sorted(w["url"] for w in listed) == [worker_url(gpu) for gpu in GPUS]
+    assert {w["model"] for w in listed} == {MODEL}
+    assert router_workers() == {worker_url(gpu): True for gpu in GPUS}
+    assert drained_hosts() == []
     assert node(LB).run("nginx -t").rc == 0
     assert node(LB).service("nginx").is_running
+    assert node(LB).service("gpufleet-router").is_running
 
 
 def test_requests_are_spread_over_every_backend():
-    load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=1)
-    load.started = 0.0
-    seen = set()
-    for stream in [False, True] * 6:
-        status, complete, backend, _body = load.request(stream)
-        assert status == 200 and complete
-        seen.add(backend.split(":")[0])
-    assert seen == {address(gpu)[0] for gpu in GPUS}
+    # Different prompts: nothing cached anywhere yet, so the router spreads them by load.
+    before = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) for gpu in GPUS}
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=4, vary=True)
+    load.start()
+    time.sleep(8)
+    load.stop()
+    print(load.report())
+    assert load.ok > 0 and not load.failures, load.report()
+    served = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) - before[gpu] for gpu in GPUS}
+    assert all(served.values()), served
+
+
+def test_the_edge_answers_for_the_whole_fleet_in_openai_shape():
+    client = openai_client()
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert missing.value.body["code"] == "model_not_found", missing.value.body
+    assert MODEL in missing.value.body["message"]
+    with pytest.raises(openai.AuthenticationError):
+        openai_client("sk-wrong").models.list()
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert answer.choices[0].message.content is not None
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
 def test_backends_count_the_real_client_not_the_load_balancer():
@@ -176,8 +222,8 @@ def test_site_yml_deploys_the_rest_of_the_fleet_when_a_host_is_unreachable():
     deployed = len(GPUS) + 1  # and the load balancer
     assert "NOT deployed (failed or unreachable, see above): fleet-gone. Deployed: %d of %d host(s)." % (
         deployed, deployed + 1) in out, out[-3000:]
-    listed = node(LB).check_output("ls /etc/nginx/gpufleet-backends").split()
-    assert listed == ["%s.conf" % gpu for gpu in GPUS], listed
+    listed = json.loads(node(LB).file("/etc/gpufleet/router/workers.json").content_string)
+    assert sorted(w["host"] for w in listed) == GPUS, listed
 
 
 def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving():
@@ -191,10 +237,9 @@ def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving()
     print(load.report())
     assert rc != 0, out
     assert "fleet-gpu01" in out and "no-such-tag" in out
-    files = backend_files()
-    assert files[GPUS[0]].rstrip().endswith(" down;"), "the failed host must stay out of the load balancer"
+    assert drained_hosts() == [GPUS[0]], "the failed host must stay out of the edge"
+    assert router_workers() == {worker_url(gpu): True for gpu in GPUS[1:]}
     for gpu in GPUS[1:]:
-        assert not files[gpu].rstrip().endswith(" down;")
         assert node(gpu).check_output("docker ps -q --no-trunc -f name=vllm-server") == before[gpu]
     assert not load.failures, load.report()
     assert load.ok > 0
@@ -223,7 +268,8 @@ def test_rolling_update_under_load_has_zero_failed_requests():
         started = vllm_started(gpu)
         passed_on = load_balanced_requests(gpu, started - 5, started + 12)
         assert passed_on == [], "%s got load-balanced requests while its vLLM was replaced: %s" % (gpu, passed_on[:5])
-    assert not any(text.rstrip().endswith(" down;") for text in backend_files().values())
+    assert drained_hosts() == []
+    assert router_workers() == {worker_url(gpu): True for gpu in GPUS}
     assert not load.failures, report
     # Traffic ran through the whole rollout, not only around it.
     assert load.ok >= 30, report

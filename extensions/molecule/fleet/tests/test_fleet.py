@@ -28,11 +28,13 @@ from playbooks import run_playbook  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 SECRETS = HERE.parent.joinpath("secrets").read_text().split()
 API_KEY = SECRETS[1]
-# Two GPU hosts: enough for every fleet behaviour tested here (one serves while the other is drained),
-# and every vLLM on CPU shares the test machine's two cores.
-GPUS = ["fleet-gpu01", "fleet-gpu02"]
+GPUS = ["fleet-gpu01", "fleet-gpu02", "fleet-gpu03"]
 LB = "fleet-lb01"
 MODEL = "tiny-llama"
+MODEL_B = "tiny-llama-b"
+# Who serves what (host_vars/fleet-gpu03.yml): two models, one on two hosts, one on one.
+SERVED = {"fleet-gpu01": MODEL, "fleet-gpu02": MODEL, "fleet-gpu03": MODEL_B}
+A_HOSTS = [gpu for gpu in GPUS if SERVED[gpu] == MODEL]
 IMAGE = "gpufleet-test/vllm-cpu:0.32.0"
 NEW_IMAGE = "gpufleet-test/vllm-cpu:0.32.0-r2"
 # Seconds each client of the load through the load balancer waits between its requests while a test
@@ -80,7 +82,7 @@ def router_workers():
 
 
 def worker_url(gpu):
-    return "http://127.0.0.1:8011/b/%s/server/%s" % (gpu, MODEL)
+    return "http://127.0.0.1:8011/b/%s/server/%s" % (gpu, SERVED[gpu])
 
 
 def drained_hosts():
@@ -121,7 +123,7 @@ def vllm_image(gpu):
 def test_the_edge_routes_to_every_instance_of_the_fleet_and_its_config_is_valid():
     listed = json.loads(node(LB).file("/etc/gpufleet/router/workers.json").content_string)
     assert sorted(w["url"] for w in listed) == [worker_url(gpu) for gpu in GPUS]
-    assert {w["model"] for w in listed} == {MODEL}
+    assert {w["host"]: w["model"] for w in listed} == SERVED
     assert router_workers() == {worker_url(gpu): True for gpu in GPUS}
     assert drained_hosts() == []
     assert node(LB).run("nginx -t").rc == 0
@@ -131,31 +133,68 @@ def test_the_edge_routes_to_every_instance_of_the_fleet_and_its_config_is_valid(
 
 def test_requests_are_spread_over_every_backend():
     # Different prompts: nothing cached anywhere yet, so the router spreads them by load.
-    before = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) for gpu in GPUS}
+    before = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) for gpu in A_HOSTS}
     load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=4, vary=True)
     load.start()
     time.sleep(8)
     load.stop()
     print(load.report())
     assert load.ok > 0 and not load.failures, load.report()
-    served = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) - before[gpu] for gpu in GPUS}
+    served = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) - before[gpu] for gpu in A_HOSTS}
     assert all(served.values()), served
 
 
 def test_the_edge_answers_for_the_whole_fleet_in_openai_shape():
     client = openai_client()
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert sorted(m.id for m in client.models.list().data) == [MODEL, MODEL_B]
+    for model in (MODEL, MODEL_B):
+        answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.model == model and answer.choices[0].message.content is not None
+        chunks = list(client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+        assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop"), chunks[-1:]
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert missing.value.body["code"] == "model_not_found", missing.value.body
-    assert MODEL in missing.value.body["message"]
+    assert MODEL in missing.value.body["message"] and MODEL_B in missing.value.body["message"], missing.value.body
     with pytest.raises(openai.AuthenticationError):
         openai_client("sk-wrong").models.list()
-    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    assert answer.choices[0].message.content is not None
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
-    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_stopped_hosts_get_no_requests_their_model_goes_to_the_others_or_answers_503():
+    gone, other = A_HOSTS
+    [only_b] = [gpu for gpu in GPUS if SERVED[gpu] == MODEL_B]
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=4, vary=True)
+    load.start()
+    try:
+        time.sleep(2)
+        # nginx stops gracefully: requests on the host finish, new connections are refused.
+        for gpu in (gone, only_b):
+            node(gpu).check_output("systemctl stop nginx")
+        stopped = time.time()
+        time.sleep(3)
+        out_of_service = router_workers()
+        with pytest.raises(openai.APIStatusError) as unavailable:
+            openai_client().chat.completions.create(
+                model=MODEL_B, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        time.sleep(3)
+        during = time.time()
+    finally:
+        for gpu in (gone, only_b):
+            node(gpu).check_output("systemctl start nginx")
+        load.stop()
+    print(load.report())
+    # Out within the health check's 1 s interval plus one check.
+    assert out_of_service == {worker_url(gone): False, worker_url(other): True, worker_url(only_b): False}, out_of_service
+    assert unavailable.value.status_code == 503 and unavailable.value.response.headers["retry-after"], unavailable.value
+    assert unavailable.value.body["type"] == "service_unavailable", unavailable.value.body
+    assert load_balanced_requests(other, stopped, during), "the other host must take the model's requests"
+    assert not load_balanced_requests(gone, stopped + 1, during)
+    assert not load.failures, load.report()
+    deadline = time.time() + 30
+    while not all(router_workers().values()) and time.time() < deadline:
+        time.sleep(1)
+    assert all(router_workers().values()), "back in service once they answer /ready again"
 
 
 def test_backends_count_the_real_client_not_the_load_balancer():
@@ -247,12 +286,14 @@ def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving()
 
 def test_rolling_update_under_load_has_zero_failed_requests():
     # A really different image (a new ID) built from the one the hosts have, as a release would be.
-    for gpu in GPUS:
+    # The hosts of the model under load: the only host of the other model would leave it without a
+    # backend while it restarts (503 with Retry-After).
+    for gpu in A_HOSTS:
         node(gpu).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
     load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
     load.start()
     try:
-        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=" + NEW_IMAGE)
+        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=" + NEW_IMAGE, "--limit", ",".join(A_HOSTS + [LB]))
     finally:
         load.stop()
     report = load.report()
@@ -260,7 +301,7 @@ def test_rolling_update_under_load_has_zero_failed_requests():
     print_recap(out)
     pathlib.Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp"), "rolling-update-report.txt").write_text(report)
     assert rc == 0, out[-4000:]
-    for gpu in GPUS:
+    for gpu in A_HOSTS:
         assert vllm_image(gpu) == NEW_IMAGE
         # Out of the load balancer while its vLLM was replaced: from before the old one stopped (the drain
         # comes 20 s or more before the new container starts) until after the new one was ready (17 s or more

@@ -25,7 +25,7 @@ NAME = "gpu01.fleet.test"
 ROOT_CA = "/tmp/pebble-root.pem"
 PROM = "http://127.0.0.1:9090"
 KEY = "sk-FULLSTACKfakeKEYdoNotPrint4567"
-ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError"}
+ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError", "GpufleetModelNoHealthyBackend"}
 MODELS = {"a": "tiny-llama", "b": "tiny-llama-b"}
 
 

@@ -123,13 +123,15 @@ def serve_vllm(model: Path, log: Path, args: tuple[str, ...] = (),
 @pytest.fixture(scope="session")
 def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The generative vLLM most tests use. It keeps Responses API answers (off by
-    default in vLLM) so that retrieve and cancel can be tested; a reused
-    WRAPPER_TEST_VLLM_URL needs VLLM_ENABLE_RESPONSES_API_STORE=1 for that."""
+    default in vLLM) so that retrieve and cancel can be tested, and serves the
+    render routes (vLLM answers them 403 without --enable-scale-out); a reused
+    WRAPPER_TEST_VLLM_URL needs VLLM_ENABLE_RESPONSES_API_STORE=1 and that flag."""
     existing = os.environ.get("WRAPPER_TEST_VLLM_URL")
     if existing:
         yield existing.rstrip("/")
         return
     with serve_vllm(tiny_model, tmp_path_factory.mktemp("vllm") / "vllm.log",
+                    ("--enable-scale-out",),
                     extra_env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"}) as url:
         yield url
 

@@ -36,7 +36,8 @@ def test_docs_and_openapi(wrapper: Wrapper) -> None:
     for path in ("/chat", "/v1/chat/completions", "/v1/completions", "/v1/models",
                  "/v1/embeddings", "/v1/responses", "/v1/responses/{response_id}",
                  "/v1/responses/{response_id}/cancel", "/tokenize", "/detokenize",
-                 "/v1/messages", "/v1/messages/count_tokens", "/health", "/ready", "/metrics"):
+                 "/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions/render",
+                 "/v1/completions/render", "/health", "/ready", "/metrics"):
         assert path in spec["paths"], path
 
 
@@ -120,6 +121,31 @@ def test_embeddings_from_a_pooling_vllm(start_wrapper, vllm_embed_url: str) -> N
     text = httpx.get(w.url + "/metrics").text
     assert metric_value(text, "vllm_wrapper_requests_total", route="/v1/embeddings",
                         status="200") == 1
+
+
+def test_render_routes(wrapper: Wrapper, vllm_url: str) -> None:
+    """vllm-router (the fleet edge, cache_aware) asks these for a prompt's token ids."""
+    r = httpx.post(wrapper.url + "/v1/chat/completions/render", json=CHAT, timeout=30)
+    assert r.status_code == 200, r.text
+    direct = httpx.post(vllm_url + "/v1/chat/completions/render", json=CHAT, timeout=30)
+    assert r.json()["token_ids"] == direct.json()["token_ids"]
+    tokens = httpx.post(vllm_url + "/tokenize", json=CHAT).json()["tokens"]
+    assert r.json()["token_ids"] == tokens
+    prompt = {"model": MODEL_NAME, "prompt": "hello tokens"}
+    r = httpx.post(wrapper.url + "/v1/completions/render", json=prompt, timeout=30)
+    assert r.status_code == 200, r.text
+    assert [item["token_ids"] for item in r.json()] == [
+        httpx.post(vllm_url + "/tokenize", json=prompt).json()["tokens"]]
+
+
+def test_router_extra_fields_pass(wrapper: Wrapper) -> None:
+    """The body vllm-router sends for a plain chat request: its own fields added."""
+    body = {**CHAT, "max_tokens": 2, "stream": False, "logprobs": False, "no_stop_trim": False,
+            "ignore_eos": False, "continue_final_message": False, "skip_special_tokens": True}
+    for path in ("/v1/chat/completions/render", "/v1/chat/completions"):
+        r = httpx.post(wrapper.url + path, json=body, timeout=60,
+                       headers={"X-Gpufleet-Instance": "server"})
+        assert r.status_code == 200, (path, r.text)
 
 
 def test_tokenize_and_detokenize_round_trip(wrapper: Wrapper, vllm_url: str) -> None:
@@ -267,7 +293,8 @@ def test_passthrough_rejects_non_object_json(wrapper: Wrapper, body: bytes) -> N
         ("POST", "/is_scaling_elastic_ep"), ("POST", "/invocations"),
         ("POST", "/inference/v1/generate"), ("POST", "/inference/v1/abort_requests"),
         ("GET", "/v1/chat/completions"), ("POST", "/v1/models"), ("GET", "/ping"),
-        ("POST", "/v1/chat/completions/render"), ("POST", "/v1/completions/render"),
+        ("POST", "/v1/messages/render"), ("POST", "/v1/responses/render"),
+        ("POST", "/v1/chat/completions/derender"),
         ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"),
         ("POST", "/sleep"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
         ("POST", "/start_profile"), ("POST", "/stop_profile"), ("POST", "/reset_prefix_cache"),

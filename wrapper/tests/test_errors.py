@@ -32,7 +32,9 @@ def test_401_without_valid_key(auth_wrapper: Wrapper, headers: dict) -> None:
                          ("POST", "/v1/responses"), ("GET", "/v1/responses/resp_1"),
                          ("POST", "/v1/responses/resp_1/cancel"), ("POST", "/tokenize"),
                          ("POST", "/detokenize"), ("POST", "/v1/messages"),
-                         ("POST", "/v1/messages/count_tokens")):
+                         ("POST", "/v1/messages/count_tokens"),
+                         ("POST", "/v1/chat/completions/render"),
+                         ("POST", "/v1/completions/render")):
         r = httpx.request(method, auth_wrapper.url + path, json=CHAT, headers=headers)
         assert r.status_code == 401, path
         assert _error(r)["code"] == "invalid_api_key"

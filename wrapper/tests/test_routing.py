@@ -1,7 +1,8 @@
 """Several vLLM instances behind one wrapper (VLLM_UPSTREAMS), played by scripted
 upstreams (tests/stub_upstream.py, mode "api") that answer with their own name:
 routing by model, replicas sharing the load, the model errors, the merged model
-list, Responses API ids found on a later instance, /ready per instance."""
+list, Responses API ids found on a later instance, /ready per instance, and the
+fleet edge's X-Gpufleet-Instance pin (every route, its 404s, single-upstream mode)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def _error(r: httpx.Response) -> dict:
 
 
 def test_each_model_goes_to_its_instance(stubs: dict[str, StubUpstream], routed: Wrapper) -> None:
-    for path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/v1/messages"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/v1/messages",
+                 "/v1/chat/completions/render", "/v1/completions/render"):
         before = _posts(stubs["a"])
         r = httpx.post(routed.url + path, json=_chat("tiny-a"), timeout=10)
         assert r.status_code == 200, r.text
@@ -280,3 +282,130 @@ def test_real_vllm_behind_the_router(vllm_url: str, stubs: dict[str, StubUpstrea
     asked_a = len(stubs["a"].requests)
     assert client.responses.retrieve(done.id).id == done.id
     assert stubs["a"].requests[asked_a].startswith(f"GET /v1/responses/{done.id} ".encode())
+
+
+PIN = "X-Gpufleet-Instance"
+# What vllm-router 0.1.17 sends for a plain chat request: the client's body, re-serialised
+# with fields of its own.
+ROUTER_BODY = (b'{"model":"tiny-b","messages":[{"role":"user","content":"hi"}],"stream":false,'
+               b'"logprobs":false,"no_stop_trim":false,"ignore_eos":false,'
+               b'"continue_final_message":false,"skip_special_tokens":true}')
+
+
+def _body(stub: StubUpstream) -> bytes:
+    return stub.requests[-1].partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/tokenize",
+                                  "/v1/chat/completions/render", "/v1/completions/render"])
+def test_pin_sends_every_request_to_that_instance(stubs: dict[str, StubUpstream],
+                                                   routed: Wrapper, path: str) -> None:
+    before = {name: _posts(stubs[name]) for name in ("a", "b1", "b2")}
+    for _ in range(4):  # unpinned, the two replicas of tiny-b would take turns
+        r = httpx.post(routed.url + path, json=_chat("tiny-b"), headers={PIN: "b2"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "b2"
+        assert stubs["b2"].requests[-1].startswith(f"POST {path} ".encode())
+    got = {name: _posts(stubs[name]) - before[name] for name in before}
+    assert got == {"a": 0, "b1": 0, "b2": 4}
+
+
+def test_pin_without_model_takes_the_instance_model(stubs: dict[str, StubUpstream],
+                                                    routed: Wrapper) -> None:
+    r = httpx.post(routed.url + "/v1/chat/completions", json=_chat(), headers={PIN: "a"},
+                   timeout=10)
+    assert (r.status_code, r.json()["choices"][0]["message"]["content"]) == (200, "a")
+    assert "model" not in json.loads(_body(stubs["a"]))  # the passthrough body as sent
+    r = httpx.post(routed.url + "/chat", json=_chat(), headers={PIN: "b1"}, timeout=10)
+    assert (r.status_code, r.json()["choices"][0]["message"]["content"]) == (200, "b1")
+    assert json.loads(_body(stubs["b1"]))["model"] == "tiny-b"
+
+
+def test_router_body_passes_unchanged(stubs: dict[str, StubUpstream], routed: Wrapper) -> None:
+    for path in ("/v1/chat/completions/render", "/v1/chat/completions"):
+        r = httpx.post(routed.url + path, content=ROUTER_BODY, timeout=10,
+                       headers={PIN: "b1", "content-type": "application/json",
+                                "authorization": "Bearer sk-client"})
+        assert r.status_code == 200, r.text
+        assert stubs["b1"].requests[-1].startswith(f"POST {path} ".encode())
+        assert _body(stubs["b1"]) == ROUTER_BODY
+        head = stubs["b1"].requests[-1].partition(b"\r\n\r\n")[0].lower()
+        assert b"sk-client" not in head and b"x-gpufleet-instance" not in head
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions/render"), ("POST", "/chat"),
+    ("GET", "/v1/models"), ("GET", "/ready"), ("GET", "/v1/responses/resp_on_a"),
+    ("POST", "/v1/responses/resp_on_a/cancel"),
+])
+def test_pin_to_an_unknown_instance_is_404(routed: Wrapper, method: str, path: str) -> None:
+    r = httpx.request(method, routed.url + path, json=_chat("tiny-a"), headers={PIN: "zz"},
+                      timeout=10)
+    assert r.status_code == 404, r.text
+    error = _error(r)
+    assert (error["type"], error["code"]) == ("invalid_request_error", "instance_not_found")
+    assert "'zz'" in error["message"]
+    assert "'b1', 'b2', 'a'" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat", "/v1/completions/render"])
+def test_pin_to_an_instance_without_the_model_is_404(stubs: dict[str, StubUpstream],
+                                                     routed: Wrapper, path: str) -> None:
+    asked = {name: len(stub.requests) for name, stub in stubs.items()}
+    r = httpx.post(routed.url + path, json=_chat("tiny-b"), headers={PIN: "a"}, timeout=10)
+    assert r.status_code == 404, r.text
+    error = _error(r)
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "model_not_found", "model")
+    assert "'tiny-b'" in error["message"] and "'a'" in error["message"]
+    assert error["message"].endswith("its models: 'tiny-a'")
+    assert {name: len(stub.requests) for name, stub in stubs.items()} == asked
+
+
+def test_pinned_models_are_the_instance_list(routed: Wrapper, partial: Wrapper) -> None:
+    r = httpx.get(routed.url + "/v1/models", headers={PIN: "a"}, timeout=10)
+    assert r.status_code == 200
+    # merged, tiny-a would be b2's entry (b2 comes first and also lists it)
+    assert [(m["id"], m["root"]) for m in r.json()["data"]] == [("tiny-a", "a")]
+    r = httpx.get(partial.url + "/v1/models", headers={PIN: "down"}, timeout=10)
+    assert r.status_code == 503
+    assert "'down'" in _error(r)["message"]
+
+
+def test_pinned_ready_and_response_ids(routed: Wrapper, partial: Wrapper) -> None:
+    assert httpx.get(partial.url + "/ready", headers={PIN: "a"}, timeout=10).status_code == 200
+    r = httpx.get(partial.url + "/ready", headers={PIN: "down"}, timeout=10)
+    assert r.status_code == 503
+    assert "'down'" in _error(r)["message"]
+    # the header wins over the query, as the edge sets it
+    assert httpx.get(partial.url + "/ready?instance=a", headers={PIN: "down"},
+                     timeout=10).status_code == 503
+    # an id of instance a is not looked for on b1
+    r = httpx.get(routed.url + "/v1/responses/resp_on_a", headers={PIN: "b1"}, timeout=10)
+    assert r.status_code == 404
+    assert "resp_on_a" in r.json()["error"]["message"]  # b1's own 404
+    r = httpx.get(routed.url + "/v1/responses/resp_on_a", headers={PIN: "a"}, timeout=10)
+    assert (r.status_code, r.json()["instance"]) == (200, "a")
+
+
+def test_single_upstream_is_instance_server(stubs: dict[str, StubUpstream],
+                                            start_wrapper) -> None:
+    single = start_wrapper(VLLM_UPSTREAM_URL=stubs["a"].url)
+    for path in ("/v1/chat/completions", "/v1/chat/completions/render", "/chat"):
+        r = httpx.post(single.url + path, json=_chat("tiny-a"), headers={PIN: "server"},
+                       timeout=10)
+        assert (r.status_code, r.json()["choices"][0]["message"]["content"]) == (200, "a")
+    assert httpx.get(single.url + "/v1/models", headers={PIN: "server"},
+                     timeout=10).json()["data"][0]["id"] == "tiny-a"
+    assert httpx.get(single.url + "/ready", headers={PIN: "server"}, timeout=10).status_code == 200
+    asked = len(stubs["a"].requests)
+    for method, path in (("POST", "/v1/chat/completions"), ("POST", "/chat"),
+                         ("GET", "/v1/models"), ("GET", "/ready"),
+                         ("GET", "/v1/responses/resp_on_a")):
+        r = httpx.request(method, single.url + path, json=_chat("tiny-a"), headers={PIN: "a"},
+                          timeout=10)
+        assert r.status_code == 404, (path, r.text)
+        error = _error(r)
+        assert (error["type"], error["code"]) == ("invalid_request_error", "instance_not_found")
+        assert error["message"].endswith("instances: 'server'")
+    assert len(stubs["a"].requests) == asked

@@ -22,7 +22,14 @@ from .logs import lean_records
 from .middleware import INFO_KEY, WrapperMiddleware
 from .proxy import ProxyResponse, Upstream, UpstreamUnavailable
 from .requestinfo import RequestInfo
-from .routing import ModelsResponse, RoutedProxyResponse, Router, SearchProxyResponse
+from .routing import (
+    SINGLE_INSTANCE,
+    ModelsResponse,
+    RoutedProxyResponse,
+    Router,
+    SearchProxyResponse,
+    instance_not_found,
+)
 from .schemas import (
     PASSTHROUGH_BODIES,
     RESPONSE_ID_PATTERN,
@@ -97,6 +104,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(WrapperMiddleware, settings=settings, keys=keys, drain=drain,
                        fast_routes=fast_routes)
 
+    def unknown_instance(instance: str) -> Response | None:
+        """The 404 answer for an instance name this host does not have, else None."""
+        if router is None:
+            if instance == SINGLE_INSTANCE:
+                return None
+            return instance_not_found(instance, (SINGLE_INSTANCE,))
+        if instance in router.by_name:
+            return None
+        return instance_not_found(instance, router.by_name)
+
     @app.get("/health", response_model=Status, tags=["ops"])
     async def health() -> Response:
         """Liveness of the wrapper itself."""
@@ -105,11 +122,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/ready", response_model=Status, tags=["ops"],
              responses={503: _ERRORS[503]})
     async def ready(
+        request: Request,
         instance: str | None = Query(
             default=None, max_length=256,
             description="With VLLM_UPSTREAMS: answer for this vLLM instance alone."),
     ) -> Response:
-        """Readiness: vLLM (every instance, or the one named) answers its /health."""
+        """Readiness: vLLM (every instance, or the one named) answers its /health.
+        X-Gpufleet-Instance names the instance as ?instance= does."""
+        pinned: str | None = request.scope[INFO_KEY].instance
+        if pinned is not None:
+            unknown = unknown_instance(pinned)
+            if unknown is not None:
+                return unknown
+            instance = pinned
         if drain.draining:
             reason = "vllm-wrapper is shutting down"
         elif router is not None:
@@ -136,13 +161,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Simple chat: OpenAI chat-completion answer (SSE when stream is true)."""
         info: RequestInfo = request.scope[INFO_KEY]
         target: Upstream | Response = upstream
-        if router is not None:
+        if router is not None and info.instance is not None:
+            target = router.pick(payload.model, info.instance)
+            if isinstance(target, Response):
+                return target
+            model = payload.model or router.models_of[info.instance][0]
+        elif router is not None:
             # No model: VLLM_SERVED_MODEL when set (the wrapper role sets the first instance's).
             target = router.pick(payload.model or settings.served_model)
             if isinstance(target, Response):
                 return target
             model = payload.model or settings.served_model or router.models[0]
         else:
+            unknown = None if info.instance is None else unknown_instance(info.instance)
+            if unknown is not None:
+                return unknown
             try:
                 model = payload.model or await upstream.served_model(info.request_id)
             except UpstreamUnavailable as exc:
@@ -170,6 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parsed = _json_object(info.body)
             if isinstance(parsed, Response):
                 return parsed
+            if info.instance is not None and info.instance != SINGLE_INSTANCE:
+                return instance_not_found(info.instance, (SINGLE_INSTANCE,))
             return ProxyResponse(upstream, "POST", path, info.body, info)
 
         def handle_routed(info: RequestInfo) -> Response:
@@ -194,8 +229,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         passthrough_post(path)
 
     def handle_models(info: RequestInfo) -> Response:
+        if info.instance is not None:
+            unknown = unknown_instance(info.instance)
+            if unknown is not None:
+                return unknown
         if router is not None:
-            return ModelsResponse(router, info)
+            pinned = None if info.instance is None else router.by_name[info.instance]
+            return ModelsResponse(router, info, pinned)
         return ProxyResponse(upstream, "GET", "/v1/models", None, info)
 
     fast_routes["GET", "/v1/models"] = handle_models
@@ -231,8 +271,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return by_id("POST", f"/v1/responses/{response_id}/cancel", request.scope[INFO_KEY])
 
     def by_id(method: str, path: str, info: RequestInfo) -> Response:
+        if info.instance is not None:
+            unknown = unknown_instance(info.instance)
+            if unknown is not None:
+                return unknown
         if router is not None:  # the id lives on one instance: ask each in turn
-            return SearchProxyResponse(router.upstreams, method, path, info)
+            targets = (router.upstreams if info.instance is None
+                       else [router.by_name[info.instance]])
+            return SearchProxyResponse(targets, method, path, info)
         return ProxyResponse(upstream, method, path, None, info)
 
     def openapi() -> dict[str, Any]:

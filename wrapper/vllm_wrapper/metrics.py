@@ -21,7 +21,8 @@ _LATENCY_BUCKETS = (
 )
 KNOWN_ROUTES = frozenset(
     {
-        "/chat", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings",
+        "/chat", "/v1/chat/completions", "/v1/completions", "/v1/chat/completions/render",
+        "/v1/completions/render", "/v1/models", "/v1/embeddings",
         "/v1/responses", "/tokenize", "/detokenize", "/v1/messages", "/v1/messages/count_tokens",
         "/health", "/ready", "/metrics", "/docs", "/openapi.json",
     }

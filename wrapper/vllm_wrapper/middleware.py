@@ -76,6 +76,9 @@ class WrapperMiddleware:
         else:
             request_id = os.urandom(12).hex()
         info = RequestInfo(request_id=request_id, start=start)
+        pinned = headers.get(b"x-gpufleet-instance")
+        if pinned is not None:
+            info.instance = pinned.decode("latin-1")
         scope[INFO_KEY] = info
         path: str = scope["path"]
         bytes_out = 0

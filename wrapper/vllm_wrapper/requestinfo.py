@@ -16,5 +16,7 @@ class RequestInfo:
     ttfb: float | None = None
     client_disconnected: bool = False
     body: bytes = b""
+    # X-Gpufleet-Instance: the vLLM instance the request is pinned to (None: routed by model).
+    instance: str | None = None
     # Response status once http.response.start was sent (None before).
     status: int | None = None

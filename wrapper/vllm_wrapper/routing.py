@@ -1,11 +1,14 @@
 """Several vLLM instances behind one wrapper (VLLM_UPSTREAMS): each request goes
 to an instance serving its `model`; /v1/models, /ready and the Responses API's
-by-id routes ask every instance. Without VLLM_UPSTREAMS none of this is used."""
+by-id routes ask every instance. A request with X-Gpufleet-Instance (the fleet
+edge's) goes to that instance alone. Without VLLM_UPSTREAMS the Router is not
+used; the one vLLM is then instance SINGLE_INSTANCE."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -21,6 +24,18 @@ from .requestinfo import RequestInfo
 
 log = logging.getLogger("vllm_wrapper.routing")
 
+SINGLE_INSTANCE = "server"
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def instance_not_found(instance: str, instances: Iterable[str]) -> Response:
+    return error_response(
+        404, f"no vLLM instance named {instance!r} on this host; instances: {_names(instances)}",
+        code="instance_not_found", type_="invalid_request_error")
+
 
 class Router:
     def __init__(self, settings: Settings) -> None:
@@ -28,6 +43,7 @@ class Router:
         self.upstreams = [Upstream(settings, spec.url, spec.name) for spec in settings.upstreams]
         self.by_name = {u.name: u for u in self.upstreams}
         self.by_model: dict[str, list[Upstream]] = {}
+        self.models_of = {spec.name: spec.models for spec in settings.upstreams}
         for upstream, spec in zip(self.upstreams, settings.upstreams, strict=True):
             for model in spec.models:
                 self.by_model.setdefault(model, []).append(upstream)
@@ -43,11 +59,21 @@ class Router:
             await upstream.close()
 
     def served(self) -> str:
-        return ", ".join(repr(m) for m in self.models)
+        return _names(self.models)
 
-    def pick(self, model: object) -> Upstream | Response:
+    def pinned(self, instance: str) -> Upstream | Response:
+        """The instance named by X-Gpufleet-Instance, or the 404 answer."""
+        upstream = self.by_name.get(instance)
+        if upstream is None:
+            return instance_not_found(instance, self.by_name)
+        return upstream
+
+    def pick(self, model: object, instance: str | None = None) -> Upstream | Response:
         """The instance for a request's `model` (None: the only served name), or the
-        OpenAI-shaped error answer."""
+        OpenAI-shaped error answer. `instance` (X-Gpufleet-Instance) pins the
+        request to that instance, which must serve the model."""
+        if instance is not None:
+            return self._pick_pinned(model, instance)
         if model is None:
             if len(self.models) != 1:
                 return error_response(
@@ -68,9 +94,27 @@ class Router:
         self._turns[model] = turn + 1
         return tied[turn % len(tied)]
 
+    def _pick_pinned(self, model: object, instance: str) -> Upstream | Response:
+        upstream = self.pinned(instance)
+        if isinstance(upstream, Response):
+            return upstream
+        served = self.models_of[instance]
+        if model is None:
+            if len(served) == 1:
+                return upstream
+            return error_response(
+                400, f"vLLM instance {instance!r} serves several models, name one in 'model': "
+                f"{_names(served)}", code="model_required", param="model")
+        if model not in served:
+            return error_response(
+                404, f"The model {model!r} is not served by vLLM instance {instance!r} here; "
+                f"its models: {_names(served)}",
+                code="model_not_found", param="model", type_="invalid_request_error")
+        return upstream
+
     def proxy(self, model: object, method: str, path: str, body: bytes,
               info: RequestInfo) -> Response:
-        picked = self.pick(model)
+        picked = self.pick(model, info.instance)
         if isinstance(picked, Response):
             return picked
         return RoutedProxyResponse(picked, method, path, body, info)
@@ -89,10 +133,12 @@ class Router:
                   for u, reason in zip(targets, reasons, strict=True) if reason is not None]
         return "not ready: " + "; ".join(failed) if failed else None
 
-    async def models_body(self, request_id: str) -> bytes | None:
-        """The union of every instance's /v1/models `data` (first seen wins), as
-        vLLM's JSON; None when no instance answered."""
-        answers = await asyncio.gather(*(self._models_of(u, request_id) for u in self.upstreams))
+    async def models_body(self, request_id: str,
+                          upstreams: list[Upstream] | None = None) -> bytes | None:
+        """The union of every instance's (or those given) /v1/models `data` (first
+        seen wins), as vLLM's JSON; None when no instance answered."""
+        targets = self.upstreams if upstreams is None else upstreams
+        answers = await asyncio.gather(*(self._models_of(u, request_id) for u in targets))
         seen: dict[str, Any] = {}
         for data in answers:
             for entry in data or ():
@@ -173,19 +219,25 @@ class SearchProxyResponse(ProxyResponse):
 
 
 class ModelsResponse(Response):
-    """GET /v1/models answered with the union of the instances' lists."""
+    """GET /v1/models answered with the union of the instances' lists (or the
+    list of the one instance the request is pinned to)."""
 
-    def __init__(self, router: Router, info: RequestInfo) -> None:  # sends itself
+    def __init__(self, router: Router, info: RequestInfo,
+                 upstream: Upstream | None = None) -> None:  # sends itself
         self.router = router
         self.info = info
+        self.upstream = upstream
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self.router.models_body(self.info.request_id)
+        pinned = None if self.upstream is None else [self.upstream]
+        body = await self.router.models_body(self.info.request_id, pinned)
         if body is None:
             self.info.upstream_error = "connect"
+            subject = ("every vLLM instance" if self.upstream is None
+                       else self.upstream.label)
             answer = error_response(
-                503, "upstream (every vLLM instance) is unavailable", code="upstream_unavailable",
+                503, f"upstream ({subject}) is unavailable", code="upstream_unavailable",
                 headers={"Retry-After": str(self.router.settings.retry_after)})
         else:
             self.info.upstream_status = 200

@@ -82,17 +82,23 @@ _COMMON: dict[str, Any] = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "stream": {"type": "boolean"},
 }
+_CHAT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {"messages": _MESSAGES, **_COMMON},
+}
+_COMPLETION_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {"prompt": {"type": "string"}, **_COMMON},
+}
 PASSTHROUGH_BODIES: dict[str, dict[str, Any]] = {
-    "/v1/chat/completions": {
-        "type": "object",
-        "required": ["messages"],
-        "properties": {"messages": _MESSAGES, **_COMMON},
-    },
-    "/v1/completions": {
-        "type": "object",
-        "required": ["prompt"],
-        "properties": {"prompt": {"type": "string"}, **_COMMON},
-    },
+    "/v1/chat/completions": _CHAT_BODY,
+    "/v1/completions": _COMPLETION_BODY,
+    # vLLM's render routes (the fleet edge's vllm-router asks them for a prompt's token
+    # ids): the same body as the generating route, answered without generating.
+    "/v1/chat/completions/render": _CHAT_BODY,
+    "/v1/completions/render": _COMPLETION_BODY,
     "/v1/embeddings": {
         "type": "object",
         "required": ["input"],

@@ -149,3 +149,11 @@ def test_launcher_refuses_bad_upstreams() -> None:
     result = _run_launcher({"VLLM_UPSTREAMS": '[{"name": "a"}]'})
     assert result.returncode == 2
     assert "VLLM_UPSTREAMS entry 1 ('a'): missing url, models" in result.stderr
+
+
+def test_fleet_models_are_a_sorted_unique_list() -> None:
+    assert Settings.from_env({"VLLM_FLEET_MODELS": '["b", "a", "b"]'}).fleet_models == ("a", "b")
+    assert Settings.from_env({"VLLM_FLEET_MODELS": ""}).fleet_models == ()
+    for value in ('{"a": 1}', '["a", ""]', "not json", "[1]"):
+        with pytest.raises(ConfigError, match="VLLM_FLEET_MODELS"):
+            Settings.from_env({"VLLM_FLEET_MODELS": value})

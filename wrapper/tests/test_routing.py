@@ -409,3 +409,65 @@ def test_single_upstream_is_instance_server(stubs: dict[str, StubUpstream],
         assert (error["type"], error["code"]) == ("invalid_request_error", "instance_not_found")
         assert error["message"].endswith("instances: 'server'")
     assert len(stubs["a"].requests) == asked
+
+
+FLEET = ["tiny-a", "tiny-b", "tiny-elsewhere"]
+
+
+@pytest.fixture(scope="module")
+def fleet_routed(stubs: dict[str, StubUpstream], start_wrapper) -> Wrapper:
+    """As `routed`, knowing the fleet's models (VLLM_FLEET_MODELS, the wrapper role's list)."""
+    return start_wrapper(
+        VLLM_UPSTREAMS=json.dumps([_spec("b1", stubs["b1"].url, "tiny-b"),
+                                   _spec("a", stubs["a"].url, "tiny-a")]),
+        VLLM_UPSTREAM_URL="http://127.0.0.1:9", VLLM_WRAPPER_RETRY_AFTER="4",
+        VLLM_FLEET_MODELS=json.dumps(FLEET))
+
+
+def _pinned_refusals(url: str, instance: str, path: str) -> tuple[httpx.Response, httpx.Response]:
+    elsewhere = httpx.post(url + path, json=_chat("tiny-elsewhere"), headers={PIN: instance}, timeout=10)
+    unknown = httpx.post(url + path, json=_chat("no-such"), headers={PIN: instance}, timeout=10)
+    return elsewhere, unknown
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat/completions/render"])
+def test_pinned_model_of_the_fleet_served_elsewhere_is_503_else_404_naming_the_fleet(
+        stubs: dict[str, StubUpstream], fleet_routed: Wrapper, path: str) -> None:
+    before = _posts(stubs["a"])
+    elsewhere, unknown = _pinned_refusals(fleet_routed.url, "a", path)
+    assert elsewhere.status_code == 503 and elsewhere.headers["retry-after"] == "4", elsewhere.text
+    assert _error(elsewhere)["code"] == "model_unavailable"
+    assert _error(elsewhere)["type"] == "service_unavailable"
+    assert unknown.status_code == 404, unknown.text
+    assert _error(unknown)["code"] == "model_not_found"
+    assert all(repr(name) in _error(unknown)["message"] for name in FLEET), unknown.text
+    assert _posts(stubs["a"]) == before  # neither reached vLLM
+    served = httpx.post(fleet_routed.url + path, json=_chat("tiny-a"), headers={PIN: "a"}, timeout=10)
+    assert served.status_code == 200, served.text
+
+
+def test_pinned_model_check_in_single_upstream_mode(stubs: dict[str, StubUpstream], start_wrapper) -> None:
+    single = start_wrapper(VLLM_UPSTREAM_URL=stubs["a"].url, VLLM_SERVED_MODEL="tiny-a",
+                           VLLM_FLEET_MODELS=json.dumps(FLEET))
+    elsewhere, unknown = _pinned_refusals(single.url, "server", "/v1/chat/completions")
+    assert (elsewhere.status_code, _error(elsewhere)["code"]) == (503, "model_unavailable"), elsewhere.text
+    assert (unknown.status_code, _error(unknown)["code"]) == (404, "model_not_found"), unknown.text
+    assert "'tiny-elsewhere'" in _error(unknown)["message"]
+    # Not pinned: unchanged, vLLM itself answers for the model.
+    r = httpx.post(single.url + "/v1/chat/completions", json=_chat("tiny-a"), timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def test_fleet_scope_lists_the_fleet_in_openai_shape(fleet_routed: Wrapper, routed: Wrapper) -> None:
+    r = httpx.get(fleet_routed.url + "/v1/models", headers={"X-Gpufleet-Scope": "fleet"}, timeout=10)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["object"] == "list"
+    assert [m["id"] for m in data["data"]] == FLEET
+    assert all(m["object"] == "model" and m["owned_by"] == "gpufleet" and isinstance(m["created"], int)
+               for m in data["data"])
+    # Without the header, or without a fleet list: this host's models, as before.
+    own = httpx.get(fleet_routed.url + "/v1/models", timeout=10).json()
+    assert sorted(m["id"] for m in own["data"]) == ["tiny-a", "tiny-b"]
+    plain = httpx.get(routed.url + "/v1/models", headers={"X-Gpufleet-Scope": "fleet"}, timeout=10).json()
+    assert "tiny-elsewhere" not in [m["id"] for m in plain["data"]]

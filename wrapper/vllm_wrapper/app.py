@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +30,7 @@ from .routing import (
     Router,
     SearchProxyResponse,
     instance_not_found,
+    not_served_here,
 )
 from .schemas import (
     PASSTHROUGH_BODIES,
@@ -205,6 +207,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return parsed
             if info.instance is not None and info.instance != SINGLE_INSTANCE:
                 return instance_not_found(info.instance, (SINGLE_INSTANCE,))
+            model = parsed.get("model")
+            if (info.instance is not None and settings.fleet_models and settings.served_model
+                    and isinstance(model, str) and model != settings.served_model):
+                return not_served_here(model, (settings.served_model,), settings)
             return ProxyResponse(upstream, "POST", path, info.body, info)
 
         def handle_routed(info: RequestInfo) -> Response:
@@ -229,6 +235,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         passthrough_post(path)
 
     def handle_models(info: RequestInfo) -> Response:
+        if info.fleet_scope and settings.fleet_models:
+            return fleet_models_response()
         if info.instance is not None:
             unknown = unknown_instance(info.instance)
             if unknown is not None:
@@ -239,6 +247,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return ProxyResponse(upstream, "GET", "/v1/models", None, info)
 
     fast_routes["GET", "/v1/models"] = handle_models
+
+    def fleet_models_response() -> Response:
+        created = int(time.time())
+        return Response(orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "gpufleet"}
+            for name in settings.fleet_models]}), media_type="application/json")
 
     @app.get("/v1/models", tags=["openai"], responses=_ERRORS, openapi_extra=_SECURED)
     async def models(request: Request) -> Response:

@@ -34,6 +34,8 @@ class Settings:
     upstream_max_connections: int = 1000
     ready_timeout: float = 2.0
     served_model: str | None = None
+    # VLLM_FLEET_MODELS: every model name the fleet serves (the fleet edge's list).
+    fleet_models: tuple[str, ...] = ()
     default_max_tokens: int = 2048
     default_temperature: float = 0.7
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -68,6 +70,7 @@ class Settings:
             ),
             ready_timeout=r.number("VLLM_WRAPPER_READY_TIMEOUT", cls.ready_timeout, low=0.001),
             served_model=r.str_or_none("VLLM_SERVED_MODEL"),
+            fleet_models=_parse_fleet_models(r.raw("VLLM_FLEET_MODELS")),
             default_max_tokens=r.integer("VLLM_DEFAULT_MAX_TOKENS", cls.default_max_tokens, low=1),
             default_temperature=r.number(
                 "VLLM_DEFAULT_TEMPERATURE", cls.default_temperature, low=0.0, high=2.0
@@ -198,6 +201,19 @@ def _parse_inline_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 _UPSTREAM_FIELDS = ("name", "url", "models")
+
+
+def _parse_fleet_models(raw: str | None) -> tuple[str, ...]:
+    """VLLM_FLEET_MODELS: a JSON list of model names. Unset or empty: none."""
+    if raw is None:
+        return ()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"VLLM_FLEET_MODELS is not valid JSON: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(m, str) and m for m in data):
+        raise ConfigError("VLLM_FLEET_MODELS must be a JSON list of model names")
+    return tuple(sorted(set(data)))
 
 
 def _parse_upstreams(raw: str | None) -> tuple[UpstreamSpec, ...]:

@@ -79,6 +79,7 @@ class WrapperMiddleware:
         pinned = headers.get(b"x-gpufleet-instance")
         if pinned is not None:
             info.instance = pinned.decode("latin-1")
+        info.fleet_scope = headers.get(b"x-gpufleet-scope") == b"fleet"
         scope[INFO_KEY] = info
         path: str = scope["path"]
         bytes_out = 0

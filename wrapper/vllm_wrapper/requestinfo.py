@@ -18,5 +18,7 @@ class RequestInfo:
     body: bytes = b""
     # X-Gpufleet-Instance: the vLLM instance the request is pinned to (None: routed by model).
     instance: str | None = None
+    # X-Gpufleet-Scope: fleet (the edge's /v1/models: the fleet's list).
+    fleet_scope: bool = False
     # Response status once http.response.start was sent (None before).
     status: int | None = None

@@ -37,6 +37,21 @@ def instance_not_found(instance: str, instances: Iterable[str]) -> Response:
         code="instance_not_found", type_="invalid_request_error")
 
 
+def not_served_here(model: str, served: Iterable[str], settings: Settings) -> Response:
+    """A pinned request (the fleet edge's) for a model its instance does not serve. The edge's
+    router sends a model with no worker left to another model's worker: a model of the fleet
+    answers 503 (its hosts are out now), any other 404 naming the fleet's models."""
+    fleet = settings.fleet_models
+    if model in fleet:
+        return error_response(
+            503, f"no healthy backend serves model {model!r} right now; retry",
+            code="model_unavailable", type_="service_unavailable",
+            headers={"Retry-After": str(settings.retry_after)})
+    return error_response(
+        404, f"The model {model!r} does not exist; available models: {_names(fleet or served)}",
+        code="model_not_found", param="model", type_="invalid_request_error")
+
+
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -105,6 +120,8 @@ class Router:
             return error_response(
                 400, f"vLLM instance {instance!r} serves several models, name one in 'model': "
                 f"{_names(served)}", code="model_required", param="model")
+        if model not in served and self.settings.fleet_models and isinstance(model, str):
+            return not_served_here(model, served, self.settings)
         if model not in served:
             return error_response(
                 404, f"The model {model!r} is not served by vLLM instance {instance!r} here; "

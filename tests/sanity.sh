@@ -6,6 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${GPUFLEET_CACHE:-/var/cache/gpufleet}"
 WORK="$CACHE/sanity/ansible_collections/gpufleet/vllm"
+# Afresh each time: rsync --files-from leaves files that were removed from the tree since the last run.
+rm -rf "$WORK"
 mkdir -p "$WORK"
 # Copy exactly what git would ship (tracked and new, not ignored files).
 (cd "$ROOT" && git ls-files -co --exclude-standard -z) | rsync -a --delete --from0 --files-from=- "$ROOT/" "$WORK/"

@@ -207,11 +207,12 @@ def test_allowlisted_paths_reach_the_upstream(nginx, path):
         ("GET", "/v1/responses/resp_0a1b2c?stream=true&starting_after=2"),
         ("POST", "/v1/responses/resp_0a1b2c/cancel"), ("POST", "/v1/embeddings"),
         ("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/v1/messages"),
-        ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/chat/completions/render"),
+        ("POST", "/v1/completions/render"),
     ],
 )
 def test_vllm_client_api_reaches_the_upstream(nginx, method, path):
-    # vLLM's client routes (Responses API with ids, embeddings, tokenizer, Messages API) as the
+    # vLLM's client routes (Responses API with ids, embeddings, tokenizer, Messages API, render) as the
     # wrapper serves them; the upstream echoes the path (with the query) it was sent.
     answer = nginx.request(path, method, body=None if method == "GET" else "{}", headers=JSON)
     assert answer.status == 200, answer

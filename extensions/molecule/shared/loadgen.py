@@ -8,6 +8,7 @@ answer (choices for a plain answer, a final `data: [DONE]` for a stream).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import ssl
 import threading
@@ -43,7 +44,10 @@ class LoadGenerator:
             return "Count to three."
         with self.lock:
             self.sent += 1
-            return "Request %d: count to three." % self.sent
+            sent = self.sent
+        # Mostly its own tokens: a prompt sharing little more than the chat template with the others.
+        words = " ".join(hashlib.sha256(b"%d-%d" % (sent, i)).hexdigest()[:8] for i in range(24))
+        return "Request %d: %s. Count to three." % (sent, words)
 
     def request(self, stream):
         body = {

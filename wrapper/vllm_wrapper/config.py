@@ -203,15 +203,23 @@ def _parse_inline_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 _UPSTREAM_FIELDS = ("name", "url", "models")
 
 
-def _parse_fleet_models(raw: str | None) -> tuple[str, ...]:
-    """VLLM_FLEET_MODELS: a JSON list of model names. Unset or empty: none."""
+def _json_list(name: str, raw: str | None, shape: str) -> list:
+    """A JSON list from the variable `name`; unset means []."""
     if raw is None:
-        return ()
+        return []
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise ConfigError(f"VLLM_FLEET_MODELS is not valid JSON: {exc}") from None
-    if not isinstance(data, list) or not all(isinstance(m, str) and m for m in data):
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{name} must be a JSON list of {shape}")
+    return data
+
+
+def _parse_fleet_models(raw: str | None) -> tuple[str, ...]:
+    """VLLM_FLEET_MODELS: a JSON list of model names. Unset or empty: none."""
+    data = _json_list("VLLM_FLEET_MODELS", raw, "model names")
+    if not all(isinstance(m, str) and m for m in data):
         raise ConfigError("VLLM_FLEET_MODELS must be a JSON list of model names")
     return tuple(sorted(set(data)))
 
@@ -219,14 +227,7 @@ def _parse_fleet_models(raw: str | None) -> tuple[str, ...]:
 def _parse_upstreams(raw: str | None) -> tuple[UpstreamSpec, ...]:
     """VLLM_UPSTREAMS: a JSON list of {"name", "url", "models"} objects. Unset, empty
     or [] means the single VLLM_UPSTREAM_URL."""
-    if raw is None:
-        return ()
-    try:
-        entries = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"VLLM_UPSTREAMS is not valid JSON: {exc}") from None
-    if not isinstance(entries, list):
-        raise ConfigError('VLLM_UPSTREAMS must be a JSON list of {"name", "url", "models"} objects')
+    entries = _json_list("VLLM_UPSTREAMS", raw, '{"name", "url", "models"} objects')
     specs: list[UpstreamSpec] = []
     for index, entry in enumerate(entries, start=1):
         specs.append(_parse_upstream(index, entry))

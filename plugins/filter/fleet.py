@@ -90,6 +90,26 @@ def fleet_served_model(host, hostvars):
     return str(host_vars.get("vllm_served_model_name") or host_vars.get("vllm_model") or "")
 
 
+def fleet_fronting(host, loadbalancers, hostvars, groups, mode="any", router_group="gpu_servers"):
+    """The load balancers in LOADBALANCERS that have HOST as a backend, in order.
+
+    A load balancer with `loadbalancer_backend_group` set serves that group ("group" mode); one without
+    is a fleet router serving its `router_backend_group`, ROUTER_GROUP where its inventory does not set
+    one ("router" mode). MODE picks "group", "router" or "any"."""
+    if mode not in ("any", "group", "router"):
+        raise AnsibleFilterError("fleet_fronting: mode must be any, group or router, not %r" % (mode,))
+    fronting = []
+    for lb in loadbalancers or []:
+        lb_vars = _host_vars("fleet_fronting", lb, hostvars)
+        group = lb_vars.get("loadbalancer_backend_group") or ""
+        lb_mode = "group" if group else "router"
+        if mode not in ("any", lb_mode):
+            continue
+        if host in (groups.get(group or lb_vars.get("router_backend_group") or router_group) or []):
+            fronting.append(lb)
+    return fronting
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -97,4 +117,5 @@ class FilterModule:
             "fleet_addresses": fleet_addresses,
             "fleet_backends": fleet_backends,
             "fleet_served_model": fleet_served_model,
+            "fleet_fronting": fleet_fronting,
         }

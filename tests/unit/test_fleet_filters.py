@@ -65,3 +65,27 @@ def test_served_model_name_else_model(fleet_filters):
     assert [fleet_filters.fleet_served_model(h, hostvars) for h in "abcd"] == ["big", "org/big", "org/big", ""]
     with pytest.raises(AnsibleFilterError, match="not in the inventory"):
         fleet_filters.fleet_served_model("nope", hostvars)
+
+
+FRONTING_VARS = {
+    "lb-a": {"loadbalancer_backend_group": "model_a"},
+    "edge": {},
+    "edge-b": {"router_backend_group": "model_b"},
+    "gpu01": {},
+}
+FRONTING_GROUPS = {"gpu_servers": ["gpu01", "gpu02"], "model_a": ["gpu01"], "model_b": ["gpu02"]}
+
+
+def test_fronting_load_balancers_by_mode(fleet_filters):
+    lbs = ["lb-a", "edge", "edge-b"]
+    fronting = fleet_filters.fleet_fronting
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS) == ["lb-a", "edge"]
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "group") == ["lb-a"]
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "router") == ["edge"]
+    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "router") == ["edge", "edge-b"]
+    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "group") == []
+    with pytest.raises(AnsibleFilterError, match="mode must be"):
+        fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "nginx")
+
+    assert fronting("gpu02", ["edge"], FRONTING_VARS, FRONTING_GROUPS, "router", "model_b") == ["edge"]
+    assert fronting("gpu01", ["edge"], FRONTING_VARS, FRONTING_GROUPS, "router", "model_b") == []

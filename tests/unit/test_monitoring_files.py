@@ -29,7 +29,9 @@ VLLM_032_METRICS = {
     "vllm:prompt_tokens_total",
     "vllm:request_success_total",
 }
-ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError"}
+ALERTS = {"HostDown", "VLLMNotReady", "KVCacheSaturated", "GPUXidError", "GpufleetModelNoHealthyBackend"}
+RECORDS = {"gpufleet_router:worker_health", "gpufleet_router:running_requests",
+           "gpufleet_router:processed_requests_total"}
 
 
 def exprs(board):
@@ -87,9 +89,18 @@ def render_rules(**overrides):
     return yaml.safe_load(env.from_string(body).render(**values))
 
 
+def all_rules(rendered):
+    """Every rule of every group."""
+    return [rule for group in rendered["groups"] for rule in group["rules"]]
+
+
 def test_alert_rules_render_with_the_defaults():
-    rules = {r["alert"]: r for r in render_rules()["groups"][0]["rules"]}
+    rendered = all_rules(render_rules())
+    rules = {r["alert"]: r for r in rendered if "alert" in r}
     assert set(rules) == ALERTS
+    assert {r["record"] for r in rendered if "record" in r} == RECORDS
+    assert rules["GpufleetModelNoHealthyBackend"]["for"] == "1m"
+    assert rules["GpufleetModelNoHealthyBackend"]["labels"]["severity"] == "critical"
     assert rules["HostDown"]["for"] == "2m"
     assert rules["KVCacheSaturated"]["expr"] == "vllm:kv_cache_usage_perc >= 0.95"
     assert "for" not in rules["GPUXidError"]
@@ -98,10 +109,13 @@ def test_alert_rules_render_with_the_defaults():
 
 
 def test_alert_thresholds_follow_the_variables():
-    rules = {r["alert"]: r for r in render_rules(monitoring_alert_kv_cache_threshold=0.8,
-                                                 monitoring_alert_kv_cache_for="1m")["groups"][0]["rules"]}
+    rules = {r["alert"]: r for r in all_rules(render_rules(monitoring_alert_kv_cache_threshold=0.8,
+                                                 monitoring_alert_kv_cache_for="1m",
+                                                 monitoring_alert_model_no_backend_for="5m"))
+             if "alert" in r}
     assert rules["KVCacheSaturated"]["expr"].endswith(">= 0.8")
     assert rules["KVCacheSaturated"]["for"] == "1m"
+    assert rules["GpufleetModelNoHealthyBackend"]["for"] == "5m"
 
 
 @pytest.mark.parametrize("role", ["monitoring", "exporters"])

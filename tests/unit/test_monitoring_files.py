@@ -109,10 +109,9 @@ def test_alert_rules_render_with_the_defaults():
 
 
 def test_alert_thresholds_follow_the_variables():
-    rules = {r["alert"]: r for r in all_rules(render_rules(monitoring_alert_kv_cache_threshold=0.8,
-                                                 monitoring_alert_kv_cache_for="1m",
-                                                 monitoring_alert_model_no_backend_for="5m"))
-             if "alert" in r}
+    rendered = render_rules(monitoring_alert_kv_cache_threshold=0.8, monitoring_alert_kv_cache_for="1m",
+                            monitoring_alert_model_no_backend_for="5m")
+    rules = {r["alert"]: r for r in all_rules(rendered) if "alert" in r}
     assert rules["KVCacheSaturated"]["expr"].endswith(">= 0.8")
     assert rules["KVCacheSaturated"]["for"] == "1m"
     assert rules["GpufleetModelNoHealthyBackend"]["for"] == "5m"

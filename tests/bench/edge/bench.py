@@ -209,13 +209,14 @@ def prefix_decisions(after: list, before: list) -> dict[str, float]:
     return {o: metric_sum(after, name, outcome=o) - metric_sum(before, name, outcome=o) for o in outcomes}
 
 
-def vllm_prefix_counters() -> tuple[float, float]:
-    queries = hits = 0.0
+def vllm_prefix_counters() -> tuple[float, float, float]:
+    queries = hits = preempted = 0.0
     for port in VLLM_PORTS:
         s = scrape(f"http://127.0.0.1:{port}/metrics")
         queries += metric_sum(s, "vllm:prefix_cache_queries_total")
         hits += metric_sum(s, "vllm:prefix_cache_hits_total")
-    return queries, hits
+        preempted += metric_sum(s, "vllm:num_preemptions_total")
+    return queries, hits, preempted
 
 
 # ---------- part 1: sessions ----------
@@ -271,6 +272,7 @@ async def chat_turn(http: aiohttp.ClientSession, url: str, messages: list[dict],
 async def run_sessions(url: str, sessions: list[dict], max_tokens: int) -> dict:
     ttfts: list[float] = []
     prompt_tokens = completion_tokens = 0
+    last_turn_tokens: list[int] = []  # each session's whole context at its last turn
     errors: list[str] = []
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout,
@@ -292,6 +294,7 @@ async def run_sessions(url: str, sessions: list[dict], max_tokens: int) -> dict:
                 prompt_tokens += r["usage"].get("prompt_tokens", 0)
                 completion_tokens += r["usage"].get("completion_tokens", 0)
                 messages.append({"role": "assistant", "content": r["text"]})
+            last_turn_tokens.append(r["usage"].get("total_tokens", 0))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(session(s) for s in sessions))
@@ -299,6 +302,7 @@ async def run_sessions(url: str, sessions: list[dict], max_tokens: int) -> dict:
     return {"requests": len(ttfts), "errors": len(errors), "first_error": errors[:1],
             "wall_s": wall, "rps": len(ttfts) / wall, "out_tok_s": completion_tokens / wall,
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "context_tokens_all_sessions": sum(last_turn_tokens),
             "ttft_p50_ms": pct(ttfts, 50) * 1000, "ttft_p99_ms": pct(ttfts, 99) * 1000,
             "ttft_mean_ms": statistics.fmean(ttfts) * 1000 if ttfts else float("nan")}
 
@@ -312,13 +316,20 @@ def start_vllm(procs: Procs, args: argparse.Namespace) -> None:
         # dev mode serves POST /reset_prefix_cache, which empties the cache between the policies;
         # --enable-scale-out serves /v1/chat/completions/render (403 without it), which cache_aware
         # asks for token ids. Both policies run against the same engines with the same flags.
+        # KV cache: --kv-cache-tokens per engine, as --num-gpu-blocks-override blocks of
+        # --block-size tokens (0: the image's VLLM_CPU_KVCACHE_SPACE, 1 GiB, millions of tokens of
+        # this model, so nothing is ever evicted).
+        kv = []
+        if args.kv_cache_tokens:
+            kv = ["--block-size", str(args.block_size),
+                  "--num-gpu-blocks-override", str(-(-args.kv_cache_tokens // args.block_size))]
         subprocess.run([
             "docker", "run", "-d", "--name", name, "--network", "host",
             "-e", "OMP_NUM_THREADS=1", "-e", "VLLM_CPU_OMP_THREADS_BIND=nobind",
             "-e", "VLLM_SERVER_DEV_MODE=1", IMAGE,
             "--model", "/opt/models/tiny", "--served-model-name", MODEL,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(args.max_model_len),
-            "--enable-prefix-caching", "--enable-scale-out",
+            "--enable-prefix-caching", "--enable-scale-out", *kv,
         ], check=True, capture_output=True)
     for i, port in enumerate(VLLM_PORTS):
         try:
@@ -328,6 +339,17 @@ def start_vllm(procs: Procs, args: argparse.Namespace) -> None:
                                   capture_output=True, text=True, check=False)
             print(logs.stdout, logs.stderr, file=sys.stderr)
             raise
+
+
+def kv_capacity() -> list[str]:
+    """Each engine's KV cache as vLLM logs it at start ("KV cache size: N tokens")."""
+    out = []
+    for i in range(len(VLLM_PORTS)):
+        logs = subprocess.run(["docker", "logs", CONTAINER.format(i + 1)], capture_output=True,
+                              text=True, check=False)
+        m = re.findall(r"KV cache size: ([\d,]+) tokens", logs.stdout + logs.stderr)
+        out.append(m[-1].replace(",", "") if m else "?")
+    return out
 
 
 def cold_engines(args: argparse.Namespace) -> None:
@@ -370,18 +392,19 @@ def part_cache(procs: Procs, args: argparse.Namespace) -> dict:
     t = time.monotonic()
     start_vllm(procs, args)
     print(f"[cache] vLLM ready in {time.monotonic() - t:.0f}s", flush=True)
-    results = {}
+    results = {"kv_cache_tokens": kv_capacity()}
+    print(f"[cache] KV cache per engine (tokens): {results['kv_cache_tokens']}", flush=True)
 
     results["probe"] = probe(sessions[0]["system"])
     print(f"[cache] probe: {json.dumps(results['probe'])}", flush=True)
     cold_engines(args)
     ng = start_nginx(procs, "nginx-lc-vllm", 18110, list(VLLM_PORTS))
-    q0, h0 = vllm_prefix_counters()
+    q0, h0, p0 = vllm_prefix_counters()
     print("[cache] nginx least_conn ...", flush=True)
     r = asyncio.run(run_sessions("http://127.0.0.1:18110/v1/chat/completions", sessions,
                                  args.max_tokens))
-    q1, h1 = vllm_prefix_counters()
-    r.update(cache_queries=q1 - q0, cache_hits=h1 - h0,
+    q1, h1, p1 = vllm_prefix_counters()
+    r.update(cache_queries=q1 - q0, cache_hits=h1 - h0, preemptions=p1 - p0,
              hit_rate=(h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"))
     results["least_conn"] = r
     procs.stop(ng)
@@ -390,14 +413,14 @@ def part_cache(procs: Procs, args: argparse.Namespace) -> dict:
     cold_engines(args)
     router = start_router(procs, "router-vllm", 18120, 18121, list(VLLM_PORTS), MODEL, args)
     ng = start_nginx(procs, "nginx-router-vllm", 18130, [18120])
-    q0, h0 = vllm_prefix_counters()
+    q0, h0, p0 = vllm_prefix_counters()
     m0 = scrape("http://127.0.0.1:18121/metrics")
     print("[cache] nginx -> vllm-router cache_aware ...", flush=True)
     r = asyncio.run(run_sessions("http://127.0.0.1:18130/v1/chat/completions", sessions,
                                  args.max_tokens))
-    q1, h1 = vllm_prefix_counters()
+    q1, h1, p1 = vllm_prefix_counters()
     m1 = scrape("http://127.0.0.1:18121/metrics")
-    r.update(cache_queries=q1 - q0, cache_hits=h1 - h0,
+    r.update(cache_queries=q1 - q0, cache_hits=h1 - h0, preemptions=p1 - p0,
              hit_rate=(h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"))
     r["router_decisions"] = prefix_decisions(m1, m0)
     per_worker = {}
@@ -459,16 +482,21 @@ def report(args: argparse.Namespace, date: str, cache: dict | None, over: dict |
             f"(up to {args.sessions} requests in flight), starts spread over {args.ramp:.0f} s, "
             f"{args.think:.1f} s mean think time between turns, seed {args.seed}, "
             f"max_tokens {args.max_tokens}, "
-            "3 vLLM-on-CPU engines with prefix caching, emptied before each policy", "",
+            "3 vLLM-on-CPU engines with prefix caching, emptied before each policy; KV cache per "
+            f"engine {' / '.join(cache['kv_cache_tokens'])} tokens (vLLM's log); all sessions' "
+            f"contexts at their last turn {lc['context_tokens_all_sessions']} tokens; router "
+            f"--cache-threshold {args.cache_threshold} --balance-abs-threshold "
+            f"{args.balance_abs_threshold} --balance-rel-threshold {args.balance_rel_threshold}", "",
             "| edge | prefix cache hit rate (vLLM) | TTFT p50 | TTFT p99 | req/s | output tok/s "
-            "| prompt tokens | requests (errors) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| prompt tokens | preemptions | requests (errors) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in (("nginx least_conn", lc), ("nginx -> vllm-router cache_aware", ca)):
             lines.append(
                 f"| {name} | {r['hit_rate']:.1%} ({r['cache_hits']:.0f}/{r['cache_queries']:.0f}) "
                 f"| {r['ttft_p50_ms']:.0f} ms | {r['ttft_p99_ms']:.0f} ms | {r['rps']:.2f} "
-                f"| {r['out_tok_s']:.1f} | {r['prompt_tokens']} | {r['requests']} ({r['errors']}) |")
+                f"| {r['out_tok_s']:.1f} | {r['prompt_tokens']} | {r['preemptions']:.0f} "
+                f"| {r['requests']} ({r['errors']}) |")
         pr = cache["probe"]
         ratio = ca["hit_rate"] / lc["hit_rate"] if lc["hit_rate"] else float("inf")
         drop = 1 - ca["ttft_p50_ms"] / lc["ttft_p50_ms"]
@@ -523,12 +551,16 @@ def main() -> None:
     p.add_argument("--ramp", type=float, default=2.0, help="sessions start within this many seconds")
     p.add_argument("--think", type=float, default=1.0, help="mean seconds between a session's turns")
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--kv-cache-tokens", type=int, default=16384,
+                   help="KV cache per engine in tokens (0: the image's 1 GiB, no eviction)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="vLLM KV block size in tokens with --kv-cache-tokens (CPU: multiples of 32)")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=15.0)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     workdir = Path(tempfile.mkdtemp(prefix="edge-bench-"))

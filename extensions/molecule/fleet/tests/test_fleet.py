@@ -254,12 +254,15 @@ def test_an_unreachable_host_does_not_stop_the_others():
     assert "Unhealthy: fleet-gone" in out
 
 
-def test_site_yml_deploys_the_rest_of_the_fleet_when_a_host_is_unreachable():
+def test_site_yml_again_changes_nothing_and_goes_on_when_a_host_is_unreachable():
+    # site.yml on the converged fleet (the tests before this one change nothing; those that change
+    # the fleet come after it and in test_fleet_engine_changes.py): also the scenario's idempotence check,
+    # which Molecule's own step would repeat at the cost of one more site.yml run (CI budget).
     rc, out = playbook_with_unreachable_host("site.yml")
     assert rc != 0, out[-3000:]
     assert re.search(r"fleet-gone\s+: ok=0 .*unreachable=1", out), out[-3000:]
     for host in GPUS + [LB]:
-        assert re.search(r"%s\s+: ok=[1-9]\d* .*unreachable=0 +failed=0" % host, out), out[-3000:]
+        assert re.search(r"%s\s+: ok=[1-9]\d* +changed=0 +unreachable=0 +failed=0" % host, out), out[-3000:]
     deployed = len(GPUS) + 1  # and the load balancer
     assert "NOT deployed (failed or unreachable, see above): fleet-gone. Deployed: %d of %d host(s)." % (
         deployed, deployed + 1) in out, out[-3000:]

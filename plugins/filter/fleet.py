@@ -90,12 +90,12 @@ def fleet_served_model(host, hostvars):
     return str(host_vars.get("vllm_served_model_name") or host_vars.get("vllm_model") or "")
 
 
-def fleet_fronting(host, loadbalancers, hostvars, groups, mode="any", router_group="gpu_servers"):
+def fleet_fronting(host, loadbalancers, hostvars, groups, mode, router_group):
     """The load balancers in LOADBALANCERS that have HOST as a backend, in order.
 
     A load balancer with `loadbalancer_backend_group` set serves that group ("group" mode); one without
-    is a fleet router serving its `router_backend_group`, ROUTER_GROUP where its inventory does not set
-    one ("router" mode). MODE picks "group", "router" or "any"."""
+    is a fleet router serving its `router_backend_group`, ROUTER_GROUP (the router role's default) where its
+    inventory does not set one ("router" mode). MODE picks "group", "router" or "any"."""
     if mode not in ("any", "group", "router"):
         raise AnsibleFilterError("fleet_fronting: mode must be any, group or router, not %r" % (mode,))
     fronting = []

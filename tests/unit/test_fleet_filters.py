@@ -79,13 +79,13 @@ FRONTING_GROUPS = {"gpu_servers": ["gpu01", "gpu02"], "model_a": ["gpu01"], "mod
 def test_fronting_load_balancers_by_mode(fleet_filters):
     lbs = ["lb-a", "edge", "edge-b"]
     fronting = fleet_filters.fleet_fronting
-    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS) == ["lb-a", "edge"]
-    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "group") == ["lb-a"]
-    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "router") == ["edge"]
-    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "router") == ["edge", "edge-b"]
-    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "group") == []
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "any", "gpu_servers") == ["lb-a", "edge"]
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "group", "gpu_servers") == ["lb-a"]
+    assert fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "router", "gpu_servers") == ["edge"]
+    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "router", "gpu_servers") == ["edge", "edge-b"]
+    assert fronting("gpu02", lbs, FRONTING_VARS, FRONTING_GROUPS, "group", "gpu_servers") == []
     with pytest.raises(AnsibleFilterError, match="mode must be"):
-        fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "nginx")
+        fronting("gpu01", lbs, FRONTING_VARS, FRONTING_GROUPS, "nginx", "gpu_servers")
 
     assert fronting("gpu02", ["edge"], FRONTING_VARS, FRONTING_GROUPS, "router", "model_b") == ["edge"]
     assert fronting("gpu01", ["edge"], FRONTING_VARS, FRONTING_GROUPS, "router", "model_b") == []

@@ -69,7 +69,7 @@ class Sim(asyncio.Protocol):
 
     async def _respond(self, method: bytes, path: bytes, body: bytes) -> None:
         try:
-            if path == b"/health":
+            if path in (b"/health", b"/ready"):
                 self._send("200 OK", b"")
             elif path == b"/v1/models":
                 self._send("200 OK", orjson.dumps({"object": "list", "data": [

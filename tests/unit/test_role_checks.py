@@ -88,10 +88,26 @@ CASES = {
                                 ["wrapper_default_temperature=2.5 is not allowed", "from 0 to 2"]),
     "wrapper-temperature-negative": ("wrapper", {"wrapper_default_temperature": -0.1},
                                      ["wrapper_default_temperature=-0.1 is not allowed", "from 0 to 2"]),
+    "wrapper-keys-good": ("wrapper", {"wrapper_api_keys": [
+        {"name": "team-a", "key": "sk-a", "models": ["m1", "org/m2"], "expires": "2027-01-31"},
+        {"name": "team-b", "key": "sk-b", "expires": "2027-01-31T12:00:00+01:00", "disabled": True},
+        {"name": "ops", "key": "sk-ops"}]}, None),
+    "wrapper-keys-expires": ("wrapper", {"wrapper_api_keys": [{"name": "a", "key": "sk-secret-1", "expires": "soon"}]},
+                             ["wrapper_api_keys: expires must be an ISO 8601 date or time"]),
+    "wrapper-keys-models-string": ("wrapper", {"wrapper_api_keys": [{"name": "a", "key": "sk-secret-1", "models": "m1"}]},
+                                   ["wrapper_api_keys: models must be a list of model names"]),
+    "wrapper-keys-models-empty-name": ("wrapper", {"wrapper_api_keys": [{"name": "a", "key": "sk-secret-1", "models": [""]}]},
+                                       ["wrapper_api_keys: models must be a list of model names"]),
+    "wrapper-keys-duplicate": ("wrapper", {"wrapper_api_keys": [{"name": "a", "key": "sk-secret-1"},
+                                                                {"name": "a", "key": "sk-secret-2"}]},
+                               ["wrapper_api_keys: every name must be unique"]),
     "docker-distro": ("docker", {"docker_package_source": "distro"}, None),
     "docker-snap": ("docker", {"docker_package_source": "snap"},
                     ["docker_package_source must be one of: docker, distro, got: snap"]),
 }
+
+
+OUTPUT: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +134,7 @@ def results(tmp_path_factory):
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    OUTPUT.append(run.stdout + run.stderr)
     return json.loads((work / "results.json").read_text())
 
 
@@ -132,6 +149,10 @@ def test_bad_settings_fail_naming_the_variable_and_what_is_allowed(results, case
     assert outcome["failed"], f"{case}: the checks passed"
     for fragment in CASES[case][2]:
         assert fragment in outcome["msg"], f"{case}: {fragment!r} not in {outcome['msg']!r}"
+
+
+def test_api_key_checks_never_show_a_key(results):
+    assert "sk-secret" not in OUTPUT[0] and "sk-secret" not in json.dumps(results)
 
 
 def specs(role):

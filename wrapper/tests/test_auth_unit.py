@@ -62,3 +62,41 @@ def test_reload_on_change_keeps_old_keys_on_bad_file(tmp_path: Path) -> None:
     os.utime(path, (future + 5, future + 5))
     store.maybe_reload(now=time.monotonic() + 20)
     assert store.authenticate(b"Bearer key-b") == "b"
+
+
+def test_key_settings_scope_expiry_and_disabled(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path, (
+        f'a:{hash_key("key-a")} {{"models": ["m1", "org/m2"], "expires": "2999-12-31"}}\n'
+        f'b:{hash_key("key-b")} {{"expires": "2020-01-31T12:00:00+01:00"}}\n'
+        f'c:{hash_key("key-c")} {{"disabled": true}}\n'
+        f'd:{hash_key("key-d")}\n'))
+    a = store.identify(b"Bearer key-a")
+    assert a is not None and a.models == frozenset({"m1", "org/m2"}) and a.refusal() is None
+    assert a.allows("org/m2") and not a.allows("m3")
+    b = store.identify(b"Bearer key-b")
+    assert b is not None and b.expires == 1580468400.0
+    assert b.refusal() == ("API key 'b' expired at 2020-01-31T11:00:00+00:00", "api_key_expired")
+    assert b.refusal(now=1580468399.0) is None
+    c = store.identify(b"Bearer key-c")
+    assert c is not None and c.refusal() == ("API key 'c' is disabled", "api_key_disabled")
+    d = store.identify(b"Bearer key-d")
+    assert d is not None and d.models is None and d.allows("anything") and d.refusal() is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ("{models: 1}", "JSON object"),
+        ('["m1"]', "JSON object"),
+        ('{"model": ["m1"]}', "unknown key setting(s) ['model']"),
+        ('{"models": "m1"}', "models must be a list"),
+        ('{"models": [""]}', "models must be a list"),
+        ('{"expires": "next week"}', "expires must be an ISO 8601"),
+        ('{"expires": 1700000000}', "expires must be an ISO 8601"),
+        ('{"disabled": "yes"}', "disabled must be true or false"),
+    ],
+)
+def test_bad_key_settings_name_the_line(settings: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_keys_file(f"ok:{'0' * 64}\nbad:{'1' * 64} {settings}\n", "/etc/keys")
+    assert "line 2" in str(err.value) and fragment in str(err.value), str(err.value)

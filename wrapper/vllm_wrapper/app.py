@@ -183,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except UpstreamUnavailable as exc:
                 return error_response(503, str(exc), code="upstream_unavailable",
                                       headers={"Retry-After": str(settings.retry_after)})
+        refused = scope_refusal(info, model)
+        if refused is not None:
+            return refused
         body = {
             "model": model,
             "messages": [m.model_dump() for m in payload.messages],
@@ -208,6 +211,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if info.instance is not None and info.instance != SINGLE_INSTANCE:
                 return instance_not_found(info.instance, (SINGLE_INSTANCE,))
             model = parsed.get("model")
+            refused = scope_refusal(info, model if model is not None else settings.served_model)
+            if refused is not None:
+                return refused
             if (info.instance is not None and settings.fleet_models and settings.served_model
                     and isinstance(model, str) and model != settings.served_model):
                 return not_served_here(model, (settings.served_model,), settings)
@@ -218,6 +224,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if isinstance(parsed, Response):
                 return parsed
             assert router is not None
+            model = parsed.get("model")
+            if model is None and info.key_models is not None:
+                served = router.models if info.instance is None else router.models_of.get(info.instance, ())
+                model = served[0] if len(served) == 1 else None
+            refused = scope_refusal(info, model)
+            if refused is not None:
+                return refused
             return router.proxy(parsed.get("model"), "POST", path, info.body, info)
 
         handle = handle_single if router is None else handle_routed
@@ -236,23 +249,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def handle_models(info: RequestInfo) -> Response:
         if info.fleet_scope and settings.fleet_models:
-            return fleet_models_response()
+            return fleet_models_response(info)
         if info.instance is not None:
             unknown = unknown_instance(info.instance)
             if unknown is not None:
                 return unknown
         if router is not None:
-            pinned = None if info.instance is None else router.by_name[info.instance]
-            return ModelsResponse(router, info, pinned)
+            targets = router.upstreams if info.instance is None else [router.by_name[info.instance]]
+            return ModelsResponse(targets, settings, info)
+        if info.key_models is not None:
+            return ModelsResponse([upstream], settings, info)
         return ProxyResponse(upstream, "GET", "/v1/models", None, info)
 
     fast_routes["GET", "/v1/models"] = handle_models
 
-    def fleet_models_response() -> Response:
+    def fleet_models_response(info: RequestInfo) -> Response:
         created = int(time.time())
         return Response(orjson.dumps({"object": "list", "data": [
             {"id": name, "object": "model", "created": created, "owned_by": "gpufleet"}
-            for name in settings.fleet_models]}), media_type="application/json")
+            for name in settings.fleet_models if info.key_models is None or name in info.key_models]}),
+            media_type="application/json")
 
     @app.get("/v1/models", tags=["openai"], responses=_ERRORS, openapi_extra=_SECURED)
     async def models(request: Request) -> Response:
@@ -307,6 +323,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def scope_refusal(info: RequestInfo, model: object) -> Response | None:
+    """The answer to a request whose key may not use its model (None: it may). A model that is
+    not a string is left to the usual checks, which refuse it."""
+    allowed = info.key_models
+    if allowed is None or not isinstance(model, (str, type(None))) or model in allowed:
+        return None
+    names = ", ".join(repr(m) for m in sorted(allowed)) or "none"
+    if model is None:
+        return error_response(400, f"API key {info.key_name!r} may use only some models; name one in "
+                              f"'model': {names}", code="model_required", param="model")
+    return error_response(403, f"API key {info.key_name!r} may not use model {model!r}; its models: {names}",
+                          code="model_not_allowed", param="model", type_="permission_error")
 
 
 def _json_object(body: bytes) -> dict[str, Any] | Response:

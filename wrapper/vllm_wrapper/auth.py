@@ -1,17 +1,21 @@
 """Bearer-key authentication: keys kept only as SHA-256 digests, compared in
 constant time, and the keys file re-read when it changes (works across workers
-because every worker watches the file's mtime itself)."""
+because every worker watches the file's mtime itself). A key may be limited to
+some models, expire, or be disabled (the keys file's optional JSON after the
+digest)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import stat
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .config import ConfigError, Settings
 
@@ -28,21 +32,81 @@ def hash_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class KeyEntry:
     name: str
     digest: bytes
+    # The models the key may use (None: every model).
+    models: frozenset[str] | None = None
+    # Epoch seconds from which the key is refused (None: never).
+    expires: float | None = None
+    disabled: bool = False
+
+    def refusal(self, now: float | None = None) -> tuple[str, str] | None:
+        """(message, code) of the 401 answer when the key is disabled or expired, else None."""
+        if self.disabled:
+            return f"API key {self.name!r} is disabled", "api_key_disabled"
+        if self.expires is not None and (time.time() if now is None else now) >= self.expires:
+            when = datetime.fromtimestamp(self.expires, UTC).isoformat()
+            return f"API key {self.name!r} expired at {when}", "api_key_expired"
+        return None
+
+    def allows(self, model: object) -> bool:
+        return self.models is None or model in self.models
 
 
-def parse_keys_file(text: str, path: str) -> list[_Entry]:
-    """Lines "name:sha256hex"; blank lines and lines starting with # are ignored."""
-    entries: list[_Entry] = []
+def parse_expiry(value: str) -> float:
+    """ISO 8601 date or date and time (UTC when no offset is given) as epoch seconds."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _attributes(raw: str, where: str) -> dict:
+    try:
+        attrs = json.loads(raw)
+    except ValueError as exc:
+        attrs = exc
+    if not isinstance(attrs, dict):
+        why = f": {attrs}" if isinstance(attrs, ValueError) else ""
+        raise ConfigError(f"{where}: the key's settings after the digest must be a JSON object{why}")
+    unknown = sorted(set(attrs) - {"models", "expires", "disabled"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key setting(s) {unknown}; allowed: models, expires, disabled")
+    models = attrs.get("models")
+    if models is not None and (not isinstance(models, list)
+                               or not all(isinstance(m, str) and m for m in models)):
+        raise ConfigError(f"{where}: models must be a list of model names")
+    expires = attrs.get("expires")
+    if expires is not None:
+        try:
+            attrs["expires"] = parse_expiry(expires) if isinstance(expires, str) else None
+        except ValueError:
+            attrs["expires"] = None
+        if attrs["expires"] is None:
+            raise ConfigError(f"{where}: expires must be an ISO 8601 date or time, e.g. 2027-01-31T00:00:00Z "
+                              f"(got {expires!r})")
+    if not isinstance(attrs.get("disabled", False), bool):
+        raise ConfigError(f"{where}: disabled must be true or false")
+    return attrs
+
+
+def parse_keys_file(text: str, path: str) -> list[KeyEntry]:
+    """Lines "name:sha256hex" with optional settings after a space, a JSON object:
+    {"models": [...], "expires": "2027-01-31T00:00:00Z", "disabled": false}. Blank lines
+    and lines starting with # are ignored."""
+    entries: list[KeyEntry] = []
     seen: set[str] = set()
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        name, sep, digest = line.partition(":")
-        name, digest = name.strip(), digest.strip()
+        name, sep, rest = line.partition(":")
+        digest, _, raw = rest.strip().partition(" ")
+        name = name.strip()
         if digest.lower().startswith("sha256:"):
             digest = digest[len("sha256:"):]
         where = f"VLLM_WRAPPER_API_KEYS_FILE {path} line {lineno}"
@@ -53,18 +117,22 @@ def parse_keys_file(text: str, path: str) -> list[_Entry]:
         if name in seen:
             raise ConfigError(f"{where}: duplicate key name {name!r}")
         seen.add(name)
-        entries.append(_Entry(name, bytes.fromhex(digest)))
+        attrs = _attributes(raw, where) if raw.strip() else {}
+        models = attrs.get("models")
+        entries.append(KeyEntry(name, bytes.fromhex(digest),
+                                None if models is None else frozenset(models),
+                                attrs.get("expires"), attrs.get("disabled", False)))
     return entries
 
 
 class KeyStore:
     def __init__(self, settings: Settings) -> None:
         self._inline = [
-            _Entry(name, hashlib.sha256(key.encode("utf-8")).digest())
+            KeyEntry(name, hashlib.sha256(key.encode("utf-8")).digest())
             for name, key in settings.api_keys
         ]
         self._path = settings.api_keys_file
-        self._file_entries: list[_Entry] = []
+        self._file_entries: list[KeyEntry] = []
         self._file_sig: tuple[int, int, int] | None = None
         self._next_check = 0.0
         self.enabled = settings.auth_configured
@@ -119,6 +187,11 @@ class KeyStore:
 
     def authenticate(self, authorization: bytes | None) -> str | None:
         """Return the key's name, or None when the header carries no valid key."""
+        entry = self.identify(authorization)
+        return None if entry is None else entry.name
+
+    def identify(self, authorization: bytes | None) -> KeyEntry | None:
+        """The key the header carries (disabled and expired ones included), or None."""
         if not authorization:
             return None
         scheme, _, token = authorization.partition(b" ")
@@ -129,10 +202,10 @@ class KeyStore:
             return None
         self.maybe_reload()
         digest = hashlib.sha256(token).digest()
-        found: str | None = None
+        found: KeyEntry | None = None
         # Compare against every key, without stopping early, so timing does not
         # tell which key (or how many) matched.
         for entry in self._inline + self._file_entries:
             if hmac.compare_digest(digest, entry.digest) and found is None:
-                found = entry.name
+                found = entry
         return found

@@ -136,14 +136,16 @@ class WrapperMiddleware:
                              [(b"retry-after", self.retry_after), (b"connection", b"close")])
             return
         if self.keys.enabled and path not in OPEN_PATHS:
-            name = self.keys.authenticate(headers.get(b"authorization"))
-            if name is None:
+            key = self.keys.identify(headers.get(b"authorization"))
+            refusal = (("missing or invalid API key (send Authorization: Bearer <key>)", "invalid_api_key")
+                       if key is None else key.refusal())
+            if refusal is not None:
                 metrics.AUTH_FAILURES.inc()
-                await send_error(send, 401, "missing or invalid API key "
-                                 "(send Authorization: Bearer <key>)", "invalid_api_key",
-                                 [(b"www-authenticate", b"Bearer")])
+                await send_error(send, 401, refusal[0], refusal[1], [(b"www-authenticate", b"Bearer")])
                 return
-            info.key_name = name
+            assert key is not None
+            info.key_name = key.name
+            info.key_models = key.models
         method: str = scope["method"]
         if method in _BODY_METHODS:
             body = await self._read_body(receive, send, headers)

@@ -10,6 +10,8 @@ class RequestInfo:
     request_id: str
     start: float
     key_name: str = "-"
+    # The models the request's key may use (None: every model, or no keys configured).
+    key_models: frozenset[str] | None = None
     upstream_status: int | None = None
     upstream_error: str | None = None
     stream: bool = False

@@ -150,40 +150,42 @@ class Router:
                   for u, reason in zip(targets, reasons, strict=True) if reason is not None]
         return "not ready: " + "; ".join(failed) if failed else None
 
-    async def models_body(self, request_id: str,
-                          upstreams: list[Upstream] | None = None) -> bytes | None:
-        """The union of every instance's (or those given) /v1/models `data` (first
-        seen wins), as vLLM's JSON; None when no instance answered."""
-        targets = self.upstreams if upstreams is None else upstreams
-        answers = await asyncio.gather(*(self._models_of(u, request_id) for u in targets))
-        seen: dict[str, Any] = {}
-        for data in answers:
-            for entry in data or ():
-                if isinstance(entry, dict) and entry.get("id") not in seen:
-                    seen[entry.get("id")] = entry
-        if all(data is None for data in answers):
-            return None
-        return orjson.dumps({"object": "list", "data": list(seen.values())})
 
-    async def _models_of(self, upstream: Upstream, request_id: str) -> list[Any] | None:
-        assert upstream.session is not None
-        timeout = aiohttp.ClientTimeout(total=self.settings.ready_timeout)
-        try:
-            async with upstream.session.get(f"{upstream.base}/v1/models", timeout=timeout,
-                                            headers=upstream.headers(request_id)) as resp:
-                if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                data = (await resp.json(content_type=None))["data"]
-                if not isinstance(data, list):
-                    raise TypeError("data is not a list")
-                return data
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            metrics.UPSTREAM_ERRORS.labels(
-                "timeout" if isinstance(exc, TimeoutError) else "connect").inc()
-            log.warning("models of instance %s left out: %s: %s", upstream.name,
-                        type(exc).__name__, exc,
-                        extra={"fields": {"request_id": request_id, "instance": upstream.name}})
-            return None
+async def models_body(upstreams: list[Upstream], settings: Settings, request_id: str,
+                      allowed: frozenset[str] | None = None) -> bytes | None:
+    """The union of the instances' /v1/models `data` (first seen wins), as vLLM's JSON, less
+    the models outside `allowed` (the request's key scope); None when no instance answered."""
+    answers = await asyncio.gather(*(_models_of(u, settings, request_id) for u in upstreams))
+    seen: dict[str, Any] = {}
+    for data in answers:
+        for entry in data or ():
+            if isinstance(entry, dict) and entry.get("id") not in seen:
+                seen[entry.get("id")] = entry
+    if all(data is None for data in answers):
+        return None
+    listed = [entry for name, entry in seen.items() if allowed is None or name in allowed]
+    return orjson.dumps({"object": "list", "data": listed})
+
+
+async def _models_of(upstream: Upstream, settings: Settings, request_id: str) -> list[Any] | None:
+    assert upstream.session is not None
+    timeout = aiohttp.ClientTimeout(total=settings.ready_timeout)
+    try:
+        async with upstream.session.get(f"{upstream.base}/v1/models", timeout=timeout,
+                                        headers=upstream.headers(request_id)) as resp:
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status}")
+            data = (await resp.json(content_type=None))["data"]
+            if not isinstance(data, list):
+                raise TypeError("data is not a list")
+            return data
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        metrics.UPSTREAM_ERRORS.labels(
+            "timeout" if isinstance(exc, TimeoutError) else "connect").inc()
+        log.warning("models of %s left out: %s: %s", upstream.label,
+                    type(exc).__name__, exc,
+                    extra={"fields": {"request_id": request_id, "instance": upstream.name}})
+        return None
 
 
 class RoutedProxyResponse(ProxyResponse):
@@ -237,25 +239,26 @@ class SearchProxyResponse(ProxyResponse):
 
 class ModelsResponse(Response):
     """GET /v1/models answered with the union of the instances' lists (or the
-    list of the one instance the request is pinned to)."""
+    list of the one instance the request is pinned to), limited to the models the
+    request's key may use."""
 
-    def __init__(self, router: Router, info: RequestInfo,
-                 upstream: Upstream | None = None) -> None:  # sends itself
-        self.router = router
+    def __init__(self, upstreams: list[Upstream], settings: Settings,
+                 info: RequestInfo) -> None:  # sends itself
+        self.upstreams = upstreams
+        self.settings = settings
         self.info = info
-        self.upstream = upstream
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pinned = None if self.upstream is None else [self.upstream]
-        body = await self.router.models_body(self.info.request_id, pinned)
+        body = await models_body(self.upstreams, self.settings, self.info.request_id,
+                                 self.info.key_models)
         if body is None:
             self.info.upstream_error = "connect"
-            subject = ("every vLLM instance" if self.upstream is None
-                       else self.upstream.label)
+            subject = ("every vLLM instance" if len(self.upstreams) > 1
+                       else self.upstreams[0].label)
             answer = error_response(
                 503, f"upstream ({subject}) is unavailable", code="upstream_unavailable",
-                headers={"Retry-After": str(self.router.settings.retry_after)})
+                headers={"Retry-After": str(self.settings.retry_after)})
         else:
             self.info.upstream_status = 200
             answer = Response(body, media_type="application/json")

@@ -28,6 +28,7 @@ from playbooks import run_playbook  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 SECRETS = HERE.parent.joinpath("secrets").read_text().split()
 API_KEY = SECRETS[1]
+SCOPED_KEY, EXPIRED_KEY = SECRETS[2:4]  # group_vars/gpu_servers/fleet.yml: team-b (MODEL_B only), retired
 GPUS = ["fleet-gpu01", "fleet-gpu02", "fleet-gpu03"]
 LB = "fleet-lb01"
 MODEL = "tiny-llama"
@@ -159,6 +160,22 @@ def test_the_edge_answers_for_the_whole_fleet_in_openai_shape():
     assert MODEL in missing.value.body["message"] and MODEL_B in missing.value.body["message"], missing.value.body
     with pytest.raises(openai.AuthenticationError):
         openai_client("sk-wrong").models.list()
+
+
+def test_a_key_limited_to_a_model_gets_only_that_model_fleet_wide_and_an_expired_key_none():
+    scoped = openai_client(SCOPED_KEY)
+    assert [m.id for m in scoped.models.list().data] == [MODEL_B]
+    answer = scoped.chat.completions.create(model=MODEL_B, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert answer.model == MODEL_B
+    for stream in (False, True):
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            scoped.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=stream)
+        assert refused.value.body["code"] == "model_not_allowed" and MODEL in refused.value.body["message"]
+    with pytest.raises(openai.AuthenticationError) as expired:
+        openai_client(EXPIRED_KEY).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert expired.value.body["code"] == "api_key_expired", expired.value.body
 
 
 def test_stopped_hosts_get_no_requests_their_model_goes_to_the_others_or_answers_503():

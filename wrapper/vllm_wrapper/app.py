@@ -14,7 +14,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
-from . import metrics
+from . import metrics, usage
 from .auth import KeyStore
 from .config import Settings
 from .drain import Drain
@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             else payload.temperature),
             "stream": payload.stream,
         }
+        usage.prepare(info, "/v1/chat/completions", body)  # adds include_usage to a stream in place
         try:
             encoded = orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -217,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if (info.instance is not None and settings.fleet_models and settings.served_model
                     and isinstance(model, str) and model != settings.served_model):
                 return not_served_here(model, (settings.served_model,), settings)
-            return ProxyResponse(upstream, "POST", path, info.body, info)
+            return ProxyResponse(upstream, "POST", path, usage.prepare(info, path, parsed), info)
 
         def handle_routed(info: RequestInfo) -> Response:
             parsed = _json_object(info.body)
@@ -231,7 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             refused = scope_refusal(info, model)
             if refused is not None:
                 return refused
-            return router.proxy(parsed.get("model"), "POST", path, info.body, info)
+            return router.proxy(parsed.get("model"), "POST", path, usage.prepare(info, path, parsed), info)
 
         handle = handle_single if router is None else handle_routed
 

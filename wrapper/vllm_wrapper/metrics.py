@@ -66,6 +66,17 @@ AUTH_FAILURES = Counter(
     "Requests rejected for a missing or invalid API key.",
 )
 
+USAGE_REQUESTS = Counter(
+    "vllm_wrapper_usage_requests_total",
+    "Answered generation and embedding requests, by API key name and model.",
+    ["key", "model"],
+)
+USAGE_TOKENS = Counter(
+    "vllm_wrapper_usage_tokens_total",
+    "Tokens by API key name, model and type (prompt, completion), from vLLM's own usage numbers.",
+    ["key", "model", "type"],
+)
+
 # Labelled children, cached: .labels() costs a lock, a tuple and a dict lookup
 # per call. Route labels are a closed set, key names and statuses are few.
 _request_children: dict[tuple[str, int, str], Counter] = {}
@@ -100,6 +111,22 @@ def observe_ttfb(route: str, seconds: float) -> None:
     if hist is None:
         hist = _ttfb_children[route] = TTFB.labels(route)
     hist.observe(seconds)
+
+
+_usage_children: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
+
+
+def observe_usage(key: str, model: str, prompt: int, completion: int) -> None:
+    children = _usage_children.get((key, model))
+    if children is None:
+        children = _usage_children[key, model] = (
+            USAGE_REQUESTS.labels(key, model), USAGE_TOKENS.labels(key, model, "prompt"),
+            USAGE_TOKENS.labels(key, model, "completion"))
+    children[0].inc()
+    if prompt:
+        children[1].inc(prompt)
+    if completion:
+        children[2].inc(completion)
 
 
 def render() -> tuple[bytes, str]:

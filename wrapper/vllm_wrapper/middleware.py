@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import metrics
+from . import metrics, usage
 from .auth import KeyStore
 from .config import Settings
 from .drain import Drain
@@ -108,6 +108,7 @@ class WrapperMiddleware:
             status = 500 if info.status is None else info.status
             route = metrics.route_label(path)
             metrics.observe_request(route, status, info.key_name, duration)
+            usage.observe(info)
             if info.ttfb is not None and info.stream:
                 metrics.observe_ttfb(route, info.ttfb)
             if self.settings.access_log:

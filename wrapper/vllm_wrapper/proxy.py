@@ -16,7 +16,7 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from . import metrics
+from . import metrics, usage
 from .config import Settings
 from .errors import error_bytes
 from .requestinfo import RequestInfo
@@ -251,12 +251,19 @@ class ProxyResponse(Response):
             self.phase = "streaming"
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             first = True
+            pending = b""
             try:
                 async for chunk in resp.content.iter_any():
                     if first:
                         self.info.ttfb = time.perf_counter() - self.info.start
                         first = False
+                    if self.info.counted:
+                        chunk, pending = usage.scan_stream(self.info, pending + chunk)
+                        if not chunk:
+                            continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if pending:
+                    await send({"type": "http.response.body", "body": pending, "more_body": True})
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
                 self._upstream_failed(reason)
@@ -282,6 +289,8 @@ class ProxyResponse(Response):
                                    f"{self.upstream.subject} connection failed mid-answer",
                                    "upstream_disconnected", retry_after=True)
             return
+        if self.info.counted and resp.status == 200:
+            usage.record_body(self.info, body)
         headers.append((b"content-length", str(len(body)).encode()))
         self.info.ttfb = time.perf_counter() - self.info.start
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})

@@ -22,5 +22,12 @@ class RequestInfo:
     instance: str | None = None
     # X-Gpufleet-Scope: fleet (the edge's /v1/models: the fleet's list).
     fleet_scope: bool = False
+    # Usage accounting (usage.py): counted route, the model, tokens from vLLM's usage, and whether
+    # the stream's usage chunk was asked for by the wrapper only (and is dropped again).
+    counted: bool = False
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    strip_usage: bool = False
     # Response status once http.response.start was sent (None before).
     status: int | None = None

@@ -204,6 +204,7 @@ def test_stopped_hosts_get_no_requests_their_model_goes_to_the_others_or_answers
             node(gpu).check_output("systemctl start nginx")
         load.stop()
     print(load.report())
+    print("out of the router %.2f s after their nginx stopped" % out_after)
     # Out within 2 s (the bound): the router role's watch probes /ready every 0.5 s and takes a worker
     # out of vllm-router at its first failed probe.
     assert serving == {worker_url(other): True}, serving

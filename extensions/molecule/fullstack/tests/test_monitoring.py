@@ -127,6 +127,17 @@ def test_gpu_panels_return_data(host):
     assert empty == []
 
 
+def test_usage_per_key_and_model_reaches_prometheus(host, gpu_address, root_ca):
+    body = {"model": MODELS["a"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    assert nginx(host, gpu_address, "/v1/chat/completions", root_ca, body=body, key=KEY) == 200
+    expr = f'vllm_wrapper_usage_tokens_total{{instance="{GPU_HOST}", key="molecule", model="{MODELS["a"]}"}}'
+    deadline = time.monotonic() + 60
+    while not (series := query(host, expr)["data"]["result"]) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert {s["metric"]["type"] for s in series} == {"prompt", "completion"}, series
+    assert all(float(s["value"][1]) > 0 for s in series), series
+
+
 def test_node_exporter_on_loopback_only(gpu):
     assert gpu.service("prometheus-node-exporter").is_running
     assert gpu.socket("tcp://127.0.0.1:9100").is_listening

@@ -148,3 +148,12 @@ def test_smoke_test_names_a_timeout_of_one_instance(host):
     assert rc != 0
     assert "%s/b: smoke test failed: timeout: no answer from 127.0.0.1:8001 within 3.0 s" % HOST in out, out[-2000:]
     assert "%s/a: PASS in" % HOST in out, out[-2000:]
+
+
+def test_usage_report_prints_a_row_per_key_and_model():
+    # Earlier tests (test_monitoring's usage test, the smoke tests) sent requests with the host's key.
+    rc, out = playbook("usage_report.yml", "-e", "usage_report_period=2h")
+    assert rc == 0, out
+    row = re.search(r'"molecule +%s +(\d+) +(\d+) +(\d+)"' % MODELS["a"], out)
+    assert row and all(int(value) > 0 for value in row.groups()), out[-3000:]
+    assert "Usage over the last 2h" in out

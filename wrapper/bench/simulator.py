@@ -75,9 +75,9 @@ class Sim(asyncio.Protocol):
                 self._send("200 OK", orjson.dumps({"object": "list", "data": [
                     {"id": self.model, "object": "model", "owned_by": "sim"}]}))
             elif method == b"POST" and path in (b"/v1/chat/completions", b"/v1/completions"):
-                stream = b'"stream":true' in body.replace(b" ", b"")
-                if stream:
-                    await self._stream()
+                compact = body.replace(b" ", b"")
+                if b'"stream":true' in compact:
+                    await self._stream(b'"include_usage":true' in compact)
                 else:
                     await asyncio.sleep(self.ttft + (self.tokens - 1) * self.itl)
                     self._send("200 OK", orjson.dumps({
@@ -96,7 +96,7 @@ class Sim(asyncio.Protocol):
         if not self.closed and self.buf:
             self._next()
 
-    async def _stream(self) -> None:
+    async def _stream(self, include_usage: bool = False) -> None:
         w = self.transport.write
         w(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         created = int(time.time())
@@ -110,6 +110,13 @@ class Sim(asyncio.Protocol):
                 "id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
                 "model": self.model, "choices": [{"index": 0, "delta": {"content": "tok "},
                                              "finish_reason": None}],
+            }) + b"\n\n"
+            w(b"%x\r\n%s\r\n" % (len(event), event))
+        if include_usage:  # vLLM's last chunk when the request asks for usage
+            event = b"data: " + orjson.dumps({
+                "id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
+                "model": self.model, "choices": [],
+                "usage": {"prompt_tokens": 8, "completion_tokens": self.tokens, "total_tokens": 8 + self.tokens},
             }) + b"\n\n"
             w(b"%x\r\n%s\r\n" % (len(event), event))
         done = b"data: [DONE]\n\n"

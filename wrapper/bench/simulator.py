@@ -116,7 +116,8 @@ class Sim(asyncio.Protocol):
             event = b"data: " + orjson.dumps({
                 "id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": created,
                 "model": self.model, "choices": [],
-                "usage": {"prompt_tokens": 8, "completion_tokens": self.tokens, "total_tokens": 8 + self.tokens},
+                "usage": {"prompt_tokens": 8, "completion_tokens": self.tokens,
+                          "total_tokens": 8 + self.tokens},
             }) + b"\n\n"
             w(b"%x\r\n%s\r\n" % (len(event), event))
         done = b"data: [DONE]\n\n"

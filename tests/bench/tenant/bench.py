@@ -117,9 +117,10 @@ def report(results: dict, args: argparse.Namespace) -> None:
         return statistics.median(r[field] for r in runs)
 
     command = "tests/bench/tenant/run.sh " + " ".join(sys.argv[1:])
-    lines = [f"Command: `{command.strip()}`  ", f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
-             (f"{args.concurrency} clients, {args.rounds} alternating rounds of {args.duration:g} s, medians; "
-             "simulator 10 ms TTFT, 16 tokens; one wrapper worker on core 1, simulator and load on core 0"), ""]
+    setup = (f"{args.concurrency} clients, {args.rounds} alternating rounds of {args.duration:g} s, medians; "
+             "simulator 10 ms TTFT, 16 tokens; one wrapper worker on core 1, simulator and load on core 0")
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [f"Command: `{command.strip()}`  ", f"Date: {now:%Y-%m-%d %H:%M} UTC  ", setup, ""]
     rows = {}
     for kind in ("plain", "stream"):
         lines += [(f"| wrapper ({'streamed' if kind == 'stream' else 'not streamed'}) | latency p50 | latency p99 "

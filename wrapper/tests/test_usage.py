@@ -19,7 +19,7 @@ def counters(wrapper: Wrapper, vllm_url: str) -> dict[str, float]:
 
     def own(name: str, **labels: str) -> float:
         try:
-            return metric_value(ours, name, key="bob", model=MODEL_NAME, **labels)
+            return metric_value(ours, name, key="bob", model_name=MODEL_NAME, **labels)
         except KeyError:
             return 0.0
 

@@ -68,13 +68,13 @@ AUTH_FAILURES = Counter(
 
 USAGE_REQUESTS = Counter(
     "vllm_wrapper_usage_requests_total",
-    "Answered generation and embedding requests, by API key name and model.",
-    ["key", "model"],
+    "Answered generation and embedding requests, by API key name and model (model_name, as vLLM names it).",
+    ["key", "model_name"],
 )
 USAGE_TOKENS = Counter(
     "vllm_wrapper_usage_tokens_total",
     "Tokens by API key name, model and type (prompt, completion), from vLLM's own usage numbers.",
-    ["key", "model", "type"],
+    ["key", "model_name", "type"],
 )
 
 # Labelled children, cached: .labels() costs a lock, a tuple and a dict lookup

@@ -130,7 +130,7 @@ def test_gpu_panels_return_data(host):
 def test_usage_per_key_and_model_reaches_prometheus(host, gpu_address, root_ca):
     body = {"model": MODELS["a"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
     assert nginx(host, gpu_address, "/v1/chat/completions", root_ca, body=body, key=KEY) == 200
-    expr = f'vllm_wrapper_usage_tokens_total{{instance="{GPU_HOST}", key="molecule", model="{MODELS["a"]}"}}'
+    expr = f'vllm_wrapper_usage_tokens_total{{instance="{GPU_HOST}", key="molecule", model_name="{MODELS["a"]}"}}'
     deadline = time.monotonic() + 60
     while not (series := query(host, expr)["data"]["result"]) and time.monotonic() < deadline:
         time.sleep(3)

@@ -29,6 +29,7 @@ from .routing import (
     RoutedProxyResponse,
     Router,
     SearchProxyResponse,
+    _names,
     instance_not_found,
     not_served_here,
 )
@@ -332,7 +333,7 @@ def scope_refusal(info: RequestInfo, model: object) -> Response | None:
     allowed = info.key_models
     if allowed is None or not isinstance(model, (str, type(None))) or model in allowed:
         return None
-    names = ", ".join(repr(m) for m in sorted(allowed)) or "none"
+    names = _names(sorted(allowed)) or "none"
     if model is None:
         return error_response(400, f"API key {info.key_name!r} may use only some models; name one in "
                               f"'model': {names}", code="model_required", param="model")

@@ -240,7 +240,8 @@ def site_roles_by_group():
 def test_site_yml_checks_every_group_before_changing_it():
     plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
     preflight = [play for play in plays if "gpufleet.vllm.preflight" in str(play.get("roles"))]
-    assert len(preflight) == 1 and set(preflight[0]["hosts"].split(":")) == {"gpu_servers", "loadbalancer", "monitoring"}
+    assert len(preflight) == 1 and set(preflight[0]["hosts"].split(":")) == {
+        "gpu_servers", "loadbalancer", "monitoring", "counter_store"}
     first_change = next(i for i, play in enumerate(plays) if play.get("roles") and play is not preflight[0])
     assert plays.index(preflight[0]) < first_change
 
@@ -251,6 +252,7 @@ def test_site_yml_gives_the_groups_the_roles_preflight_checks():
         "gpu_servers": ["docker", "vllm", "wrapper", "nginx", "exporters"],
         "loadbalancer": ["loadbalancer"],
         "monitoring": ["monitoring"],
+        "counter_store": ["counter_store"],
     }
 
 
@@ -260,7 +262,8 @@ def test_preflight_checks_the_roles_site_yml_gives_each_host(inventory):
         if "preflight" not in values:
             continue
         groups = values["groups"]
-        expected = [role for group in ("gpu_servers", "loadbalancer", "monitoring") if group in groups for role in by_group[group]]
+        expected = [role for group in ("gpu_servers", "loadbalancer", "monitoring", "counter_store")
+                    if group in groups for role in by_group[group]]
         assert values["preflight"]["preflight_role_checks"] == expected, f"{inventory.name}: {host} in {groups}"
         assert values["preflight"]["preflight_gpu_role_checks"] == ["nvidia_driver", "nvidia_container_toolkit"]
     for host in inventory.groups.get("loadbalancer", []) + inventory.groups.get("monitoring", []):

@@ -21,6 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "tests" / "unit" / "fixtures" / "role_checks" / "check.yml"
 GPUS = 8
 
+# A wrapper's counter store for the limits cases.
+STORE = {"wrapper_limits_store": "redis://10.0.0.5:6379/0", "wrapper_limits_store_password": "sk-secret-store-0123456789"}
 # (role, settings, expected fragments of the failure message; None: the checks pass)
 CASES = {
     "vllm-good": ("vllm", {"vllm_gpu_memory_utilization": "0.85", "vllm_tensor_parallel_size": "8",
@@ -101,6 +103,32 @@ CASES = {
     "wrapper-keys-duplicate": ("wrapper", {"wrapper_api_keys": [{"name": "a", "key": "sk-secret-1"},
                                                                 {"name": "a", "key": "sk-secret-2"}]},
                                ["wrapper_api_keys: every name must be unique"]),
+    # Limits per key (issue #16): counted in the fleet's counter store, which must exist.
+    "wrapper-keys-limits-good": ("wrapper", {"wrapper_api_keys": [
+        {"name": "a", "key": "sk-secret-1", "requests_per_minute": 60, "tokens_per_minute": 100000,
+         "concurrent_requests": 4}], **STORE}, None),
+    "wrapper-keys-limits-zero": ("wrapper", {"wrapper_api_keys": [
+        {"name": "a", "key": "sk-secret-1", "tokens_per_minute": 0}], **STORE},
+        ["tokens_per_minute and concurrent_requests must be whole numbers of 1 or more"]),
+    "wrapper-keys-limits-no-store": ("wrapper", {"wrapper_api_keys": [
+        {"name": "a", "key": "sk-secret-1", "requests_per_minute": 10}]},
+        ["keys with limits need a counter store", "counter_store group"]),
+    "wrapper-limits-store-url": ("wrapper", {**STORE, "wrapper_limits_store": "store:6379"},
+                                 ["wrapper_limits_store=store:6379 is not allowed", "redis://host:port/db"]),
+    "wrapper-limits-store-no-password": ("wrapper", {"wrapper_limits_store": "redis://store:6379/0"},
+                                         ["wrapper_limits_store_password (fleet_counter_store_password) must be set"]),
+    "counter-store-good": ("counter_store", {"counter_store_password": "sk-secret-store-0123456789",
+                                             "counter_store_bind_addresses": ["127.0.0.1", "10.0.0.5", "::1"]}, None),
+    "counter-store-no-password": ("counter_store", {},
+                                  ["counter_store_password (fleet_counter_store_password) must be set"]),
+    "counter-store-short-password": ("counter_store", {"counter_store_password": "sk-secret-2"},
+                                     ["16 or more characters"]),
+    "counter-store-bind-name": ("counter_store", {"counter_store_password": "sk-secret-store-0123456789",
+                                                  "counter_store_bind_addresses": ["store.example"]},
+                                ["counter_store_bind_addresses=['store.example'] is not allowed"]),
+    "counter-store-port-0": ("counter_store", {"counter_store_password": "sk-secret-store-0123456789",
+                                               "counter_store_port": 0},
+                             ["counter_store_port=0 is not allowed"]),
     "docker-distro": ("docker", {"docker_package_source": "distro"}, None),
     "docker-snap": ("docker", {"docker_package_source": "snap"},
                     ["docker_package_source must be one of: docker, distro, got: snap"]),

@@ -62,6 +62,12 @@ fi
 export PATH="$VENV/bin:$PATH"
 cd "$WRAPPER_DIR"
 
+# The keys' limits are tested against a real Redis (Debian's package, as the counter_store role installs).
+if ! command -v redis-server >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  log "installing redis-server (the limits' counter store) with apt"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
 log "building the tiny test model (once) into $CACHE/tiny-model"
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   "$VENV/bin/python" "$REPO_DIR/tests/fixtures/tiny_model.py" "$CACHE/tiny-model"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,3 +238,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+@pytest.fixture(scope="session")
+def counter_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real redis-server (Debian's package; wrapper/ci/test.sh installs it) with a password, as the
+    counter_store role runs it: the env a wrapper needs to keep its keys' limits there."""
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server: wrapper/ci/test.sh does)")
+    workdir = tmp_path_factory.mktemp("counter-store")
+    port = free_port()
+    password = "store-secret-9f8e7d6c"
+    (workdir / "password").write_text(password + "\n")
+    (workdir / "password").chmod(0o600)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+         "--appendonly", "no", "--requirepass", password],
+        stdout=(workdir / "server.log").open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start: " + (workdir / "server.log").read_text())
+            time.sleep(0.05)
+    yield {"VLLM_WRAPPER_LIMITS_STORE": f"redis://127.0.0.1:{port}/0",
+           "VLLM_WRAPPER_LIMITS_STORE_PASSWORD_FILE": str(workdir / "password"),
+           "port": str(port), "password": password}
+    proc.terminate()
+    proc.wait(10)

@@ -19,6 +19,7 @@ from .auth import KeyStore
 from .config import Settings
 from .drain import Drain
 from .errors import error_response, install_handlers
+from .limits import Limiter
 from .logs import lean_records
 from .middleware import INFO_KEY, WrapperMiddleware
 from .proxy import ProxyResponse, Upstream, UpstreamUnavailable
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # VLLM_UPSTREAMS: routed by model; otherwise the single upstream as before.
     router = Router(settings) if settings.upstreams else None
     backend = upstream if router is None else router
+    limiter = (None if settings.limits_store is None else
+               Limiter(settings.limits_store, settings.limits_store_password_file, settings.limits_lease))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await backend.close()
+            if limiter is not None:
+                await limiter.close()
 
     app = FastAPI(
         title="vllm-wrapper",
@@ -105,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Filled below; the middleware dispatches these exact routes itself.
     fast_routes: dict[tuple[str, str], Callable[[RequestInfo], Response]] = {}
     app.add_middleware(WrapperMiddleware, settings=settings, keys=keys, drain=drain,
-                       fast_routes=fast_routes)
+                       fast_routes=fast_routes, limiter=limiter)
 
     def unknown_instance(instance: str) -> Response | None:
         """The 404 answer for an instance name this host does not have, else None."""

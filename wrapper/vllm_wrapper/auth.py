@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .config import ConfigError, Settings
+from .limits import Limits
 
 log = logging.getLogger("vllm_wrapper.auth")
 
@@ -40,6 +41,8 @@ class KeyEntry:
     # Epoch seconds from which the key is refused (None: never).
     expires: float | None = None
     disabled: bool = False
+    # Requests and tokens per minute and concurrent requests, fleet-wide (None: unlimited).
+    limits: Limits | None = None
 
     def refusal(self, now: float | None = None) -> tuple[str, str] | None:
         """(message, code) of the 401 answer when the key is disabled or expired, else None."""
@@ -73,9 +76,14 @@ def _attributes(raw: str, where: str) -> dict:
     if not isinstance(attrs, dict):
         why = f": {attrs}" if isinstance(attrs, ValueError) else ""
         raise ConfigError(f"{where}: the key's settings after the digest must be a JSON object{why}")
-    unknown = sorted(set(attrs) - {"models", "expires", "disabled"})
+    unknown = sorted(set(attrs) - {"models", "expires", "disabled", *Limits.SETTINGS})
     if unknown:
-        raise ConfigError(f"{where}: unknown key setting(s) {unknown}; allowed: models, expires, disabled")
+        raise ConfigError(f"{where}: unknown key setting(s) {unknown}; allowed: models, expires, disabled, "
+                          + ", ".join(Limits.SETTINGS))
+    for name in Limits.SETTINGS:
+        value = attrs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: {name} must be a whole number of 1 or more (got {value!r})")
     models = attrs.get("models")
     if models is not None and (not isinstance(models, list)
                                or not all(isinstance(m, str) and m for m in models)):
@@ -121,7 +129,7 @@ def parse_keys_file(text: str, path: str) -> list[KeyEntry]:
         models = attrs.get("models")
         entries.append(KeyEntry(name, bytes.fromhex(digest),
                                 None if models is None else frozenset(models),
-                                attrs.get("expires"), attrs.get("disabled", False)))
+                                attrs.get("expires"), attrs.get("disabled", False), Limits.of(attrs)))
     return entries
 
 
@@ -132,6 +140,7 @@ class KeyStore:
             for name, key in settings.api_keys
         ]
         self._path = settings.api_keys_file
+        self._limits_store = settings.limits_store
         self._file_entries: list[KeyEntry] = []
         self._file_sig: tuple[int, int, int] | None = None
         self._next_check = 0.0
@@ -150,6 +159,10 @@ class KeyStore:
             with open(self._path, encoding="utf-8") as fh:
                 text = fh.read()
             entries = parse_keys_file(text, self._path)
+            limited = [e.name for e in entries if e.limits is not None]
+            if limited and self._limits_store is None:
+                raise ConfigError(f"VLLM_WRAPPER_API_KEYS_FILE {self._path}: key(s) {limited} have limits, "
+                                  "which need a counter store: set VLLM_WRAPPER_LIMITS_STORE")
         except OSError as exc:
             if initial:
                 raise ConfigError(

@@ -40,6 +40,13 @@ class Settings:
     default_temperature: float = 0.7
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     api_keys_file: str | None = None
+    # Redis or Valkey that holds the keys' limit counters, shared by every wrapper of the fleet
+    # (redis://host:port/db); None: keys with limits are refused at start.
+    limits_store: str | None = None
+    limits_store_password_file: str | None = None
+    # How long a request holds its place in a key's concurrency count at most (a wrapper that dies
+    # mid-request frees it then).
+    limits_lease: float = 900.0
     max_body_bytes: int = 8 * 1024 * 1024
     retry_after: int = 5
     drain_timeout: float = 30.0
@@ -77,6 +84,9 @@ class Settings:
             ),
             api_keys=_parse_inline_keys(env),
             api_keys_file=r.str_or_none("VLLM_WRAPPER_API_KEYS_FILE"),
+            limits_store=_check_store(r.str_or_none("VLLM_WRAPPER_LIMITS_STORE")),
+            limits_store_password_file=r.str_or_none("VLLM_WRAPPER_LIMITS_STORE_PASSWORD_FILE"),
+            limits_lease=r.number("VLLM_WRAPPER_LIMITS_LEASE", cls.limits_lease, low=1.0),
             max_body_bytes=r.integer("VLLM_WRAPPER_MAX_BODY_BYTES", cls.max_body_bytes, low=1),
             retry_after=r.integer("VLLM_WRAPPER_RETRY_AFTER", cls.retry_after, low=0),
             drain_timeout=r.number("VLLM_WRAPPER_DRAIN_TIMEOUT", cls.drain_timeout, low=0.0),
@@ -162,6 +172,16 @@ def _check_url(name: str, value: str) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"{name}={value!r} must not have a query or fragment")
     return value.rstrip("/")
+
+
+def _check_store(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.password:
+        raise ConfigError(f"VLLM_WRAPPER_LIMITS_STORE={value!r} must be redis://host:port/db or "
+                          "rediss://host:port/db, its password in VLLM_WRAPPER_LIMITS_STORE_PASSWORD_FILE")
+    return value
 
 
 def _check_range(

@@ -66,6 +66,15 @@ AUTH_FAILURES = Counter(
     "Requests rejected for a missing or invalid API key.",
 )
 
+RATE_LIMITED = Counter(
+    "vllm_wrapper_rate_limited_total",
+    "Requests refused with 429 by the API key's limits, by key and limit (requests, tokens, concurrency).",
+    ["key", "limit"],
+)
+LIMITS_STORE_ERRORS = Counter(
+    "vllm_wrapper_limits_store_errors_total",
+    "Calls to the limits' counter store that failed (the requests went on without their limits).",
+)
 USAGE_REQUESTS = Counter(
     "vllm_wrapper_usage_requests_total",
     "Answered generation and embedding requests, by API key name and model (model_name, as vLLM names it).",

@@ -10,6 +10,7 @@ routes call (those routes stay for the OpenAPI schema)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -23,6 +24,7 @@ from .auth import KeyStore
 from .config import Settings
 from .drain import Drain
 from .errors import error_bytes
+from .limits import Limiter, refusal_message
 from .logs import access_log
 from .proxy import replay_receive
 from .requestinfo import RequestInfo
@@ -33,15 +35,17 @@ DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 INFO_KEY = "vllm_wrapper.info"
+_LIMIT_CODES = {"requests": "rate_limit_exceeded", "tokens": "rate_limit_exceeded",
+                "concurrency": "concurrency_limit_exceeded"}
 # (method, path) -> handler building the response from the request's info.
 FastRoutes = Mapping[tuple[str, str], Callable[[RequestInfo], Response]]
 
 
 async def send_error(
     send: Send, status: int, message: str, code: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None, type_: str | None = None,
 ) -> None:
-    body = error_bytes(status, message, code=code)
+    body = error_bytes(status, message, code=code, type_=type_)
     await send({
         "type": "http.response.start",
         "status": status,
@@ -56,8 +60,9 @@ async def send_error(
 
 class WrapperMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, keys: KeyStore, drain: Drain,
-                 fast_routes: FastRoutes | None = None) -> None:
+                 fast_routes: FastRoutes | None = None, limiter: Limiter | None = None) -> None:
         self.app = app
+        self.limiter = limiter
         self.settings = settings
         self.keys = keys
         self.drain = drain
@@ -91,7 +96,10 @@ class WrapperMiddleware:
                 bytes_out += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 info.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                extra = [id_header]
+                if info.grant is not None:
+                    extra += info.grant.headers
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         counted = path not in DRAIN_EXEMPT
@@ -101,6 +109,9 @@ class WrapperMiddleware:
         try:
             await self._handle(scope, receive, send_wrapper, path, headers, info)
         finally:
+            if info.grant is not None:
+                assert self.limiter is not None
+                await self.limiter.release(info.grant, info.prompt_tokens + info.completion_tokens)
             if counted:
                 self.drain.leave()
                 metrics.IN_FLIGHT.dec()
@@ -147,6 +158,17 @@ class WrapperMiddleware:
             assert key is not None
             info.key_name = key.name
             info.key_models = key.models
+            if key.limits is not None and self.limiter is not None and scope["method"] == "POST":
+                grant = await self.limiter.acquire(key.name, key.limits)
+                if grant is not None and grant.refused:
+                    metrics.RATE_LIMITED.labels(key.name, grant.refused).inc()
+                    wait = grant.retry_after
+                    await send_error(send, 429, refusal_message(grant), _LIMIT_CODES[grant.refused], [
+                        (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+                        (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()),
+                        *(grant.headers or ())], type_=grant.refused)
+                    return
+                info.grant = grant
         method: str = scope["method"]
         if method in _BODY_METHODS:
             body = await self._read_body(receive, send, headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -29,5 +30,7 @@ class RequestInfo:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     strip_usage: bool = False
+    # The key's place in its limits (limits.Grant) while the request runs.
+    grant: Any = None
     # Response status once http.response.start was sent (None before).
     status: int | None = None

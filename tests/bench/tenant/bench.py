@@ -1,6 +1,8 @@
 """What the tenant controls cost (issue #16): vllm-wrapper without them (a git ref, by default the last
 commit before them) against vllm-wrapper with them (the working tree: the key limited to models and
-expiring, usage per key and model counted, streams asked for vLLM's usage chunk that is dropped again),
+expiring, with request, token and concurrency limits high enough never to refuse, counted in a real
+redis-server as the counter_store role runs it, usage per key and model counted, streams asked for vLLM's
+usage chunk that is dropped again),
 in front of the same simulator, wrapper/bench/loadgen.py at 32 clients, streamed and not, rounds
 alternating between the two, medians of the rounds. Prints a markdown table with the command and date and
 writes results/latest.{md,json}."""
@@ -78,22 +80,35 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(baseline_dir)], input=archive, check=True)
         plain, scoped = tmp / "keys-plain", tmp / "keys-scoped"
         plain.write_text(f"bench:{digest}\n")
-        scoped.write_text(f'bench:{digest} {{"models": ["sim", "other"], "expires": "2999-01-01"}}\n')
+        scoped.write_text(f'bench:{digest} {{"models": ["sim", "other"], "expires": "2999-01-01", '
+                          '"requests_per_minute": 100000000, "tokens_per_minute": 100000000000, '
+                          '"concurrent_requests": 10000}\n')
+        password = tmp / "store-password"
+        password.write_text("bench-store-password-0123\n")
         try:
+            store_port = free_port()
+            store = subprocess.Popen([*pin("0"), shutil.which("redis-server") or "redis-server", "--port",
+                                      str(store_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                                      "--appendfsync", "everysec", "--dir", str(tmp),
+                                      "--requirepass", "bench-store-password-0123"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(store)
+            store_env = {"VLLM_WRAPPER_LIMITS_STORE": f"redis://127.0.0.1:{store_port}/0",
+                         "VLLM_WRAPPER_LIMITS_STORE_PASSWORD_FILE": str(password)}
             sim_port = free_port()
             sim = subprocess.Popen([*pin("0"), sys.executable, str(ROOT / "wrapper/bench/simulator.py"),
                                     "--port", str(sim_port), "--model", "sim"])
             procs.append(sim)
             wait_ready(f"http://127.0.0.1:{sim_port}/health", sim)
             edges = {}
-            for name, source, keys in (("without the controls (" + args.baseline + ")", baseline_dir / "wrapper",
-                                        plain),
-                                       ("with them (working tree)", ROOT / "wrapper", scoped)):
+            for name, source, keys, extra in (
+                    ("without the controls (" + args.baseline + ")", baseline_dir / "wrapper", plain, {}),
+                    ("with them (working tree)", ROOT / "wrapper", scoped, store_env)):
                 port = free_port()
                 env = {**{k: v for k, v in os.environ.items() if not k.startswith("VLLM_")},
                        "PYTHONPATH": str(source), "VLLM_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}",
                        "VLLM_WRAPPER_HOST": "127.0.0.1", "VLLM_WRAPPER_PORT": str(port),
-                       "VLLM_WRAPPER_WORKERS": "1", "VLLM_WRAPPER_API_KEYS_FILE": str(keys)}
+                       "VLLM_WRAPPER_WORKERS": "1", "VLLM_WRAPPER_API_KEYS_FILE": str(keys), **extra}
                 proc = subprocess.Popen([*pin("1"), sys.executable, "-m", "vllm_wrapper"], env=env, cwd=source,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append(proc)
@@ -118,7 +133,8 @@ def report(results: dict, args: argparse.Namespace) -> None:
 
     command = "tests/bench/tenant/run.sh " + " ".join(sys.argv[1:])
     setup = (f"{args.concurrency} clients, {args.rounds} alternating rounds of {args.duration:g} s, medians; "
-             "simulator 10 ms TTFT, 16 tokens; one wrapper worker on core 1, simulator and load on core 0")
+             "simulator 10 ms TTFT, 16 tokens; one wrapper worker on core 1, simulator, redis-server and load "
+             "on core 0")
     now = datetime.datetime.now(datetime.UTC)
     lines = [f"Command: `{command.strip()}`  ", f"Date: {now:%Y-%m-%d %H:%M} UTC  ", setup, ""]
     rows = {}

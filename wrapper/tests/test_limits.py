@@ -26,6 +26,8 @@ KEYS = {
     "free": ("sk-free-3a4b5c6d", {}),
 }
 MESSAGES = [{"role": "user", "content": "Say hi"}]
+# A finished request's tokens and concurrent place reach the store within limits.RELEASE_BATCH (5 ms).
+RELEASED = 0.05
 
 
 def write_keys(path: Path) -> Path:
@@ -90,6 +92,7 @@ def test_tokens_per_minute_count_vllms_usage_streamed_or_not(limited_pair) -> No
     # usage numbers of the answers before (plus up to 2 refilled meanwhile, 100 per minute).
     left = []
     for _ in range(12):
+        time.sleep(RELEASED)
         try:
             raw = sdk.chat.completions.with_raw_response.create(model=MODEL_NAME, messages=MESSAGES,
                                                                 max_tokens=8, stream=True)
@@ -147,6 +150,7 @@ def test_concurrency_limit_holds_under_parallel_streams(start_wrapper, counter_s
         for t in threads:
             t.join(30)
         # The places are free again once the streams end.
+        time.sleep(RELEASED)
         with client(wrappers[0], "parallel").chat.completions.create(model="tiny", messages=MESSAGES,
                                                                       stream=True) as events:
             assert list(events)

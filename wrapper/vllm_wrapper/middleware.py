@@ -111,7 +111,7 @@ class WrapperMiddleware:
         finally:
             if info.grant is not None:
                 assert self.limiter is not None
-                await self.limiter.release(info.grant, info.prompt_tokens + info.completion_tokens)
+                self.limiter.release(info.grant, info.prompt_tokens + info.completion_tokens)
             if counted:
                 self.drain.leave()
                 metrics.IN_FLIGHT.dec()

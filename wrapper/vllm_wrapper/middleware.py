@@ -35,6 +35,9 @@ DRAIN_EXEMPT = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 INFO_KEY = "vllm_wrapper.info"
+# No generation: not counted against a key's limits (vllm-router asks /render before every request it routes).
+UNMETERED = frozenset({"/v1/chat/completions/render", "/v1/completions/render", "/tokenize", "/detokenize",
+                       "/v1/messages/count_tokens"})
 _LIMIT_CODES = {"requests": "rate_limit_exceeded", "tokens": "rate_limit_exceeded",
                 "concurrency": "concurrency_limit_exceeded"}
 # (method, path) -> handler building the response from the request's info.
@@ -158,7 +161,8 @@ class WrapperMiddleware:
             assert key is not None
             info.key_name = key.name
             info.key_models = key.models
-            if key.limits is not None and self.limiter is not None and scope["method"] == "POST":
+            if (key.limits is not None and self.limiter is not None and scope["method"] == "POST"
+                    and path not in UNMETERED):
                 grant = await self.limiter.acquire(key.name, key.limits)
                 if grant is not None and grant.refused:
                     metrics.RATE_LIMITED.labels(key.name, grant.refused).inc()

@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from . import metrics
+from .config import ConfigError
+
 log = logging.getLogger("vllm_wrapper.limits")
 
 # How long the wrapper waits for the store, and stops asking it after a failure (seconds).
@@ -109,7 +112,7 @@ class Grant:
     request_id: str
     refused: str = ""
     retry_after: float = 0.0
-    headers: list[tuple[bytes, bytes]] | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def duration(seconds: float) -> str:
@@ -124,7 +127,7 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def _headers(limits: Limits, requests: float, tokens: float) -> list[tuple[bytes, bytes]]:
+def _headers(limits: Limits, requests: float, tokens: float) -> tuple[tuple[bytes, bytes], ...]:
     out: list[tuple[bytes, bytes]] = []
     for kind, cap, level in (("requests", limits.requests_per_minute, requests),
                              ("tokens", limits.tokens_per_minute, tokens)):
@@ -132,7 +135,7 @@ def _headers(limits: Limits, requests: float, tokens: float) -> list[tuple[bytes
             out += [(f"x-ratelimit-limit-{kind}".encode(), str(cap).encode()),
                     (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(level))).encode()),
                     (f"x-ratelimit-reset-{kind}".encode(), duration((cap - level) * 60 / cap).encode())]
-    return out
+    return tuple(out)
 
 
 def _retry_after(refused: str, limits: Limits, requests: float, tokens: float) -> float:
@@ -163,8 +166,6 @@ class Limiter:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        from .config import ConfigError
-
         password = None
         if password_file is not None:
             try:
@@ -191,8 +192,6 @@ class Limiter:
         return [f"gpufleet:limits:{{{name}}}:{kind}" for kind in ("requests", "tokens", "inflight")]
 
     def _failed(self, exc: Exception) -> None:
-        from . import metrics
-
         metrics.LIMITS_STORE_ERRORS.inc()
         if time.monotonic() >= self._down_until:
             log.error("limits store unreachable, serving without limits for %.0f s: %s", STORE_RETRY, exc)

@@ -99,10 +99,8 @@ class WrapperMiddleware:
                 bytes_out += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 info.status = message["status"]
-                extra = [id_header]
-                if info.grant is not None:
-                    extra += info.grant.headers
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = [*message.get("headers", ()), id_header,
+                                      *(() if info.grant is None else info.grant.headers)]
             await send(message)
 
         counted = path not in DRAIN_EXEMPT
@@ -170,7 +168,7 @@ class WrapperMiddleware:
                     await send_error(send, 429, refusal_message(grant), _LIMIT_CODES[grant.refused], [
                         (b"retry-after", str(max(1, math.ceil(wait))).encode()),
                         (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()),
-                        *(grant.headers or ())], type_=grant.refused)
+                        *grant.headers], type_=grant.refused)
                     return
                 info.grant = grant
         method: str = scope["method"]

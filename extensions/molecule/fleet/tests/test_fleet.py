@@ -29,6 +29,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 SECRETS = HERE.parent.joinpath("secrets").read_text().split()
 API_KEY = SECRETS[1]
 SCOPED_KEY, EXPIRED_KEY = SECRETS[2:4]  # group_vars/gpu_servers/fleet.yml: team-b (MODEL_B only), retired
+METERED_KEY = SECRETS[5]  # the key metered (4 requests per minute); SECRETS[4] is the counter store's password
 GPUS = ["fleet-gpu01", "fleet-gpu02", "fleet-gpu03"]
 LB = "fleet-lb01"
 MODEL = "tiny-llama"
@@ -219,6 +220,36 @@ def test_stopped_hosts_get_no_requests_their_model_goes_to_the_others_or_answers
     while router_workers() != everyone and time.time() < deadline:
         time.sleep(1)
     assert router_workers() == everyone, "back in service once they answer /ready again"
+
+def test_a_keys_limits_hold_across_two_edge_hosts_and_a_store_restart():
+    """metered may start 4 requests a minute, counted in fleet-lb01's counter store by every wrapper. Two edge
+    hosts, each with its own nginx and its own per-host limits, draw from that one budget: the fleet edge
+    (fleet-lb01, routed to gpu01 or gpu02) and gpu03's own HTTPS endpoint."""
+    edge = openai_client(METERED_KEY)
+    direct = openai.OpenAI(base_url="https://%s/v1" % address("fleet-gpu03")[0], api_key=METERED_KEY, max_retries=0,
+                           timeout=120, http_client=httpx2.Client(verify=False))
+    hi = [{"role": "user", "content": "hi"}]
+    left = []
+    for sdk, model in ((edge, MODEL), (direct, MODEL_B), (edge, MODEL)):
+        raw = sdk.chat.completions.with_raw_response.create(model=model, messages=hi, max_tokens=2)
+        assert raw.headers["x-ratelimit-limit-requests"] == "4"
+        left.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+    assert left == [3, 2, 1]
+    # The store restarts (its append-only file keeps the counters) and goes on counting.
+    node(LB).check_output("systemctl restart redis-server")
+    raw = direct.chat.completions.with_raw_response.create(model=MODEL_B, messages=hi, max_tokens=2)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    for sdk, model in ((edge, MODEL), (direct, MODEL_B)):
+        with pytest.raises(openai.RateLimitError) as refused:
+            sdk.chat.completions.create(model=model, messages=hi, max_tokens=2)
+        # Through the edge too, the wrapper's answer arrives as it wrote it: OpenAI's headers and body.
+        headers = refused.value.response.headers
+        assert refused.value.body["code"] == "rate_limit_exceeded", refused.value.body
+        assert "4 requests per minute" in refused.value.body["message"]
+        assert 1 <= int(headers["retry-after"]) <= 15 and headers["x-ratelimit-remaining-requests"] == "0"
+    # Without the password the store answers nothing.
+    anonymous = node(LB).run("redis-cli -h 127.0.0.1 get x")
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
 
 
 def test_backends_count_the_real_client_not_the_load_balancer():

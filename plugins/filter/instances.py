@@ -302,6 +302,18 @@ def fleet_instances(host, hostvars):
     return vllm_instances(host_vars.get("vllm_instances"), role_vars)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
+
+
+def fleet_hub_models(hosts, hostvars):
+    """The Hugging Face ids (org/name) the vLLM instances of HOSTS serve, sorted, without duplicates; models
+    given as a path (in the image or on the host) are left out: the model store has nothing to fetch for them."""
+    models = set()
+    for host in hosts or []:
+        models.update(e["model"] for e in fleet_instances(host, hostvars) if HUB_ID.match(str(e["model"])))
+    return sorted(models)
+
+
 def fleet_served_models(host, hostvars):
     """The model names clients can send to HOST (every instance's), sorted, as one text: 'a, b'."""
     return ", ".join(sorted({e["model_name"] for e in fleet_instances(host, hostvars)}))
@@ -348,6 +360,7 @@ class FilterModule:
             "vllm_metrics_proxies": vllm_metrics_proxies,
             "vllm_stale_containers": vllm_stale_containers,
             "fleet_instances": fleet_instances,
+            "fleet_hub_models": fleet_hub_models,
             "fleet_served_models": fleet_served_models,
             "router_slug": router_slug,
             "router_workers": router_workers,

@@ -61,3 +61,13 @@ def instance_filters():
 @pytest.fixture(scope="session")
 def gpu_memory():
     return _load("plugins/modules/gpu_memory.py")
+
+
+@pytest.fixture(scope="session")
+def model_files():
+    return _load("plugins/modules/model_files.py")
+
+
+@pytest.fixture(scope="session")
+def model_filters():
+    return _load("plugins/filter/models.py")

@@ -224,10 +224,19 @@ def test_a_playbook_of_ones_own_wires_the_roles_as_site_yml(inventory):
         assert own == site, f"{inventory.name}: {host}"
 
 
+def site_plays(name="site.yml"):
+    """The plays of playbooks/NAME, those of the playbooks it imports in their place."""
+    plays = []
+    for play in yaml.safe_load((ROOT / "playbooks" / name).read_text()):
+        imported = play.get("ansible.builtin.import_playbook")
+        plays += site_plays(imported) if imported else [play]
+    return plays
+
+
 def site_roles_by_group():
     """The roles playbooks/site.yml applies with `roles:` to each host group, in play order."""
     roles = {}
-    for play in yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text()):
+    for play in site_plays():
         for role in play.get("roles") or []:
             name = (role["role"] if isinstance(role, dict) else role).rsplit(".", 1)[-1]
             for group in play["hosts"].split(":"):
@@ -238,10 +247,10 @@ def site_roles_by_group():
 
 
 def test_site_yml_checks_every_group_before_changing_it():
-    plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
+    plays = site_plays()
     preflight = [play for play in plays if "gpufleet.vllm.preflight" in str(play.get("roles"))]
     assert len(preflight) == 1 and set(preflight[0]["hosts"].split(":")) == {
-        "gpu_servers", "loadbalancer", "monitoring", "counter_store"}
+        "gpu_servers", "loadbalancer", "monitoring", "counter_store", "model_store"}
     first_change = next(i for i, play in enumerate(plays) if play.get("roles") and play is not preflight[0])
     assert plays.index(preflight[0]) < first_change
 
@@ -253,6 +262,7 @@ def test_site_yml_gives_the_groups_the_roles_preflight_checks():
         "loadbalancer": ["loadbalancer"],
         "monitoring": ["monitoring"],
         "counter_store": ["counter_store"],
+        "model_store": ["model_store"],
     }
 
 
@@ -262,8 +272,10 @@ def test_preflight_checks_the_roles_site_yml_gives_each_host(inventory):
         if "preflight" not in values:
             continue
         groups = values["groups"]
-        expected = [role for group in ("gpu_servers", "loadbalancer", "monitoring", "counter_store")
+        expected = [role for group in ("gpu_servers", "loadbalancer", "monitoring", "counter_store", "model_store")
                     if group in groups for role in by_group[group]]
+        # model_sync is included in a task (only where the fleet has a model store).
+        expected += ["model_sync"] if "gpu_servers" in groups and inventory.groups.get("model_store") else []
         assert values["preflight"]["preflight_role_checks"] == expected, f"{inventory.name}: {host} in {groups}"
         assert values["preflight"]["preflight_gpu_role_checks"] == ["nvidia_driver", "nvidia_container_toolkit"]
     for host in inventory.groups.get("loadbalancer", []) + inventory.groups.get("monitoring", []):

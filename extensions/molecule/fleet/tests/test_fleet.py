@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import httpx2
 import openai
@@ -39,6 +40,11 @@ SERVED = {"fleet-gpu01": MODEL, "fleet-gpu02": MODEL, "fleet-gpu03": MODEL_B}
 A_HOSTS = [gpu for gpu in GPUS if SERVED[gpu] == MODEL]
 IMAGE = "gpufleet-test/vllm-cpu:0.32.0"
 NEW_IMAGE = "gpufleet-test/vllm-cpu:0.32.0-r2"
+# The fixture hub (tests/fixtures/hub, on this Docker host) and the model it serves to the model store.
+HUB = "http://127.0.0.1:18480"
+HUB_MODEL = "gpufleet-test/tiny-llama"
+HUB_FILES = pathlib.Path(os.environ.get("GPUFLEET_CACHE", "/var/cache/gpufleet"), "hub")
+MODEL_COPY = "/data/vllm-models/hub/models--gpufleet-test--tiny-llama"
 # Seconds each client of the load through the load balancer waits between its requests while a test
 # changes the fleet. Requests are in flight all the time, and CPU is left for the vLLM that starts on the
 # same two cores: measured, a vLLM start took 17-23 s under this load and 57 s under clients sending back
@@ -250,6 +256,54 @@ def test_a_keys_limits_hold_across_two_edge_hosts_and_a_store_restart():
     # Without the password the store answers nothing.
     anonymous = node(LB).run("redis-cli -h 127.0.0.1 get x")
     assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+
+
+def hub_downloads():
+    """{repo: {file: times its content was sent}} since the fixture hub started (prepare)."""
+    return json.loads(urllib.request.urlopen(HUB + "/_fixture/downloads", timeout=10).read())
+
+
+def weights_digest(gpu):
+    return node(gpu).check_output("sha256sum %s/snapshots/*/model.safetensors | cut -d' ' -f1" % MODEL_COPY)
+
+
+def recap_changes(out):
+    """{host: changed count} from the play recap."""
+    return {host: int(changed) for host, changed in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)}
+
+
+def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_offline():
+    # Three GPU hosts serve the hub model (two names of it); only the store (fleet-lb01) asked the hub, and it
+    # fetched every file once, through converge and the check-mode run.
+    repo = HUB_FILES / HUB_MODEL
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    assert hub_downloads() == {HUB_MODEL: {name: 1 for name in files}}
+    clients = {line.split()[0] for line in (HUB_FILES / "hub.log").read_text().splitlines()} - {"127.0.0.1"}
+    assert clients == {address(LB)[0]}, clients
+    hub_weights = subprocess.check_output(["sha256sum", str(repo / "model.safetensors")], text=True).split()[0]
+    for gpu in GPUS:
+        assert weights_digest(gpu) == hub_weights, gpu
+        env = json.loads(node(gpu).check_output("docker inspect -f '{{json .Config.Env}}' vllm-server"))
+        assert "HF_HUB_OFFLINE=1" in env, (gpu, env)
+        assert node(gpu).check_output("docker inspect -f '{{.State.Running}}' vllm-server") == "true"
+
+
+def test_a_damaged_model_file_is_copied_again_from_the_store_and_a_rerun_copies_nothing():
+    gpu, downloads = GPUS[1], hub_downloads()
+    good = weights_digest(gpu)
+    # One byte of the weights changed in place, the size kept (a bad disk, not a missing file).
+    node(gpu).check_output("printf X | dd of=$(realpath %s/snapshots/*/model.safetensors) bs=1 seek=4096 "
+                           "conv=notrunc status=none" % MODEL_COPY)
+    assert weights_digest(gpu) != good
+    rc, out = playbook("models.yml")
+    assert rc == 0, out[-3000:]
+    assert recap_changes(out)[gpu] > 0 and weights_digest(gpu) == good, out[-3000:]
+    assert all(changed == 0 for host, changed in recap_changes(out).items() if host != gpu), out[-3000:]
+    # From the store: the hub sent nothing more.
+    assert hub_downloads() == downloads
+    for extra in ([], ["--check"]):
+        rc, out = playbook("models.yml", *extra)
+        assert rc == 0 and set(recap_changes(out).values()) == {0}, out[-3000:]
 
 
 def test_backends_count_the_real_client_not_the_load_balancer():

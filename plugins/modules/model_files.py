@@ -125,7 +125,7 @@ def remove(path, commit, name):
     """Remove the snapshot's NAME and the blob it links to."""
     link = os.path.join(path, "snapshots", commit, name)
     blob = os.path.realpath(link)
-    for victim in {link, blob}:
+    for victim in (link, blob):
         if os.path.lexists(victim):
             os.unlink(victim)
 

@@ -81,8 +81,8 @@ def test_a_commit_as_revision_needs_no_ref(tmp_path, model_files):
 
 @pytest.mark.parametrize("entry, expected", [
     ("org/name", ("org/name", "main", "models--org--name")),
-    ("meta-llama/Llama-3.1-8B-Instruct@v1.0", ("meta-llama/Llama-3.1-8B-Instruct", "v1.0",
-                                              "models--meta-llama--Llama-3.1-8B-Instruct")),
+    ("meta-llama/Llama-3.1-8B-Instruct@v1.0",
+     ("meta-llama/Llama-3.1-8B-Instruct", "v1.0", "models--meta-llama--Llama-3.1-8B-Instruct")),
     ({"repo": "org/name", "revision": COMMIT}, ("org/name", COMMIT, "models--org--name")),
 ])
 def test_model_entries(model_filters, entry, expected):

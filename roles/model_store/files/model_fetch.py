@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: gpufleet maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fetch one model revision into the model store's Hugging Face cache with huggingface_hub (HF_ENDPOINT,
@@ -19,7 +18,7 @@ def blobs(cache, repo):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--cache", required=True)
     parser.add_argument("--repo", required=True)
     parser.add_argument("--revision", default="main")

@@ -227,6 +227,7 @@ def test_stopped_hosts_get_no_requests_their_model_goes_to_the_others_or_answers
         time.sleep(1)
     assert router_workers() == everyone, "back in service once they answer /ready again"
 
+
 def test_a_keys_limits_hold_across_two_edge_hosts_and_a_store_restart():
     """metered may start 4 requests a minute, counted in fleet-lb01's counter store by every wrapper. Two edge
     hosts, each with its own nginx and its own per-host limits, draw from that one budget: the fleet edge

@@ -262,7 +262,7 @@ def test_site_yml_gives_the_groups_the_roles_preflight_checks():
         "loadbalancer": ["loadbalancer"],
         "monitoring": ["monitoring"],
         "counter_store": ["counter_store"],
-        "model_store": ["model_store"],
+        "model_store": ["docker", "model_store"],
     }
 
 

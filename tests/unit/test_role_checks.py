@@ -144,6 +144,8 @@ CASES = {
                            ["model_sync_bwlimit=fast is not allowed"]),
     "model-sync-parallel-0": ("model_sync", {"model_sync_store": "10.0.0.7", "model_sync_parallel": 0},
                               ["model_sync_parallel=0 is not allowed"]),
+    "wrapper-image-from-store-without-one": ("wrapper", {"wrapper_image_from_store": True},
+                                             ["wrapper_image_from_store needs a model store", "model_store group"]),
     "docker-distro": ("docker", {"docker_package_source": "distro"}, None),
     "docker-snap": ("docker", {"docker_package_source": "snap"},
                     ["docker_package_source must be one of: docker, distro, got: snap"]),

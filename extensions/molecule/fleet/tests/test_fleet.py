@@ -289,6 +289,19 @@ def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_of
         assert node(gpu).check_output("docker inspect -f '{{.State.Running}}' vllm-server") == "true"
 
 
+def test_the_wrapper_image_is_built_once_on_the_store_and_loaded_on_every_host():
+    image = "gpufleet/vllm-wrapper:0.1.0"
+    built = node(LB).check_output("docker image inspect -f '{{.Id}}' %s" % image)
+    assert node(LB).file("/srv/gpufleet-models/images/gpufleet_vllm-wrapper_0.1.0.tar").is_file
+    for gpu in GPUS:
+        assert node(gpu).check_output("docker image inspect -f '{{.Id}}' %s" % image) == built, gpu
+        # No build on the GPU host: no build context, no copied archive left behind.
+        assert not node(gpu).file("/opt/gpufleet/wrapper-build").exists, gpu
+        assert not node(gpu).file("/var/tmp/gpufleet_vllm-wrapper_0.1.0.tar").exists, gpu
+        running = node(gpu).check_output("docker inspect -f '{{.Image}}' vllm-wrapper")
+        assert running == built, gpu
+
+
 def test_a_damaged_model_file_is_copied_again_from_the_store_and_a_rerun_copies_nothing():
     gpu, downloads = GPUS[1], hub_downloads()
     good = weights_digest(gpu)

@@ -17,6 +17,19 @@ def blobs(cache, repo):
     return set(os.listdir(folder)) if os.path.isdir(folder) else set()
 
 
+def readable(folder):
+    """Let every user read FOLDER's files: rsync's daemon reads them as nobody, and huggingface_hub writes
+    some 0600 (its saved file listings)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                wanted = mode | 0o444 | (0o111 if name in dirs else 0)
+                if wanted != mode:
+                    os.chmod(path, wanted)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--cache", required=True)
@@ -31,6 +44,7 @@ def main():
     before = blobs(args.cache, args.repo)
     snapshot = snapshot_download(args.repo, revision=args.revision, cache_dir=args.cache)
     downloaded = sorted(blobs(args.cache, args.repo) - before)
+    readable(os.path.join(args.cache, "models--" + args.repo.replace("/", "--")))
     print(json.dumps({"snapshot": snapshot, "downloaded": downloaded}))
 
 

@@ -70,7 +70,7 @@ def make_model(size_mb, shards):
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(shards):
             with open(folder / ("model-%05d-of-%05d.safetensors" % (index + 1, shards)), "wb") as out:
-                for _ in range(size_mb // shards):
+                for _mib in range(size_mb // shards):
                     out.write(os.urandom(1 << 20))
         (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return folder
@@ -95,7 +95,8 @@ def in_parallel(commands, workers):
     """Run each argv of COMMANDS, WORKERS at a time; returns the seconds until the last one ended."""
     began = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(lambda argv: subprocess.run(argv, capture_output=True, text=True), commands):
+        runs = pool.map(lambda argv: subprocess.run(argv, capture_output=True, text=True, check=False), commands)
+        for result in runs:
             if result.returncode != 0:
                 raise RuntimeError("%s failed: %s" % (shlex.join(result.args), result.stderr[-2000:]))
     return time.monotonic() - began
@@ -159,7 +160,7 @@ def main():
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 hub_bytes(args.port)
                 break
@@ -175,9 +176,9 @@ def main():
         subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True, check=False)
     mib = 1 << 20
     print("# Model distribution: every host from the hub vs. once from the hub and then from the store\n")
+    settings = (command, stamp, args.size_mb, args.shards, args.rate_mb, args.parallel)
     print("`%s`, %s. Model: %d MiB in %d safetensors files; hub (fixture) at %.0f MiB/s per host address; "
-          "copies from the store %d hosts at a time.\n" % (command, stamp, args.size_mb, args.shards, args.rate_mb,
-                                                            args.parallel))
+          "copies from the store %d hosts at a time.\n" % settings)
     print("| hosts | every host from the hub | hub sent | store: fetch once + copies | hub sent | time store/hub |")
     print("|---|---|---|---|---|---|")
     for hosts, hub_s, hub_sent, store_s, fetched, copies, store_sent in rows:

@@ -281,6 +281,8 @@ def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_of
     assert hub_downloads() == {HUB_MODEL: {name: 1 for name in files}}
     clients = {line.split()[0] for line in (HUB_FILES / "hub.log").read_text().splitlines()} - {"127.0.0.1"}
     assert clients == {address(LB)[0]}, clients
+    token = node(LB).file("/etc/gpufleet/model-store/hf_token")
+    assert token.mode == 0o600 and token.user == "root", "the hub token must be a 0600 file on the store"
     hub_weights = subprocess.check_output(["sha256sum", str(repo / "model.safetensors")], text=True).split()[0]
     for gpu in GPUS:
         assert weights_digest(gpu) == hub_weights, gpu

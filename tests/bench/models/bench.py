@@ -46,7 +46,7 @@ gid = root
 use chroot = yes
 read only = yes
 [gpufleet-models]
-    path = /srv/gpufleet-models
+    path = /data
     exclude = .locks/
 """
 
@@ -123,7 +123,7 @@ def case_store(hosts, endpoint, port, parallel):
     start(["bench-store"] + names)
     try:
         run("docker", "exec", "bench-store", "sh", "-c",
-            "mkdir -p /srv/gpufleet-models && ln -s /data/hub /srv/gpufleet-models/hub && cat > /etc/rsyncd.conf <<'EOF'\n"
+            "mkdir -p /data/hub && cat > /etc/rsyncd.conf <<'EOF'\n"
             + RSYNCD + "EOF\nrsync --daemon")
         store = run("docker", "inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % NETWORK,
                     "bench-store").strip()

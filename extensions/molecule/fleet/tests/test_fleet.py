@@ -291,17 +291,37 @@ def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_of
         assert node(gpu).check_output("docker inspect -f '{{.State.Running}}' vllm-server") == "true"
 
 
-def test_the_wrapper_image_is_built_once_on_the_store_and_loaded_on_every_host():
-    image = "gpufleet/vllm-wrapper:0.1.0"
-    built = node(LB).check_output("docker image inspect -f '{{.Id}}' %s" % image)
-    assert node(LB).file("/srv/gpufleet-models/images/gpufleet_vllm-wrapper_0.1.0.tar").is_file
-    for gpu in GPUS:
-        assert node(gpu).check_output("docker image inspect -f '{{.Id}}' %s" % image) == built, gpu
-        # No build on the GPU host: no build context, no copied archive left behind.
+def test_the_images_are_built_or_pulled_once_on_the_store_and_loaded_on_every_host():
+    # The wrapper's is built there; vLLM's the store has (here from its fixture archive; pulled on a real one).
+    for image, container in (("gpufleet/vllm-wrapper:0.1.0", "vllm-wrapper"), (IMAGE, "vllm-server")):
+        archive = re.sub(r"[^A-Za-z0-9._-]", "_", image) + ".tar"
+        built = node(LB).check_output("docker image inspect -f '{{.Id}}' %s" % image)
+        assert node(LB).file("/srv/gpufleet-models/images/" + archive).is_file, image
+        for gpu in GPUS:
+            assert node(gpu).check_output("docker image inspect -f '{{.Id}}' %s" % image) == built, (gpu, image)
+            # Nothing built on the GPU host, no copied archive left behind.
+            assert not node(gpu).file("/var/tmp/" + archive).exists, (gpu, image)
+            assert node(gpu).check_output("docker inspect -f '{{.Image}}' %s" % container) == built, (gpu, image)
         assert not node(gpu).file("/opt/gpufleet/wrapper-build").exists, gpu
-        assert not node(gpu).file("/var/tmp/gpufleet_vllm-wrapper_0.1.0.tar").exists, gpu
-        running = node(gpu).check_output("docker inspect -f '{{.Image}}' vllm-wrapper")
-        assert running == built, gpu
+
+
+def test_offline_gpu_hosts_reach_only_their_network_and_get_packages_through_the_store():
+    store, gateway = address(LB)
+    probe = "python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)' %s %s"
+    for gpu in GPUS:
+        # Not the Docker host (the fixture hub), not Debian's mirror, not PyPI (prepare.yml cut them off).
+        for host, port in ((gateway, 18480), ("deb.debian.org", 80), ("pypi.org", 443)):
+            assert node(gpu).run(probe % (host, port)).rc != 0, (gpu, host, port)
+        conf = node(gpu).file("/etc/apt/apt.conf.d/80gpufleet-proxy").content_string
+        assert 'Acquire::http::Proxy "http://%s:3142";' % store in conf, conf
+        # apt still works: through the store's apt-cacher-ng, which logs the host as its client.
+        update = node(gpu).run("apt-get update")
+        assert update.rc == 0, update.stdout + update.stderr
+    log = node(LB).check_output("cat /var/log/apt-cacher-ng/apt-cacher.log")
+    for gpu in GPUS:
+        assert address(gpu)[0] in log, gpu
+    # The store needs no proxy itself.
+    assert not node(LB).file("/etc/apt/apt.conf.d/80gpufleet-proxy").exists
 
 
 def test_a_damaged_model_file_is_copied_again_from_the_store_and_a_rerun_copies_nothing():
@@ -400,7 +420,10 @@ def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving()
     load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
     load.start()
     try:
-        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=gpufleet-test/vllm-cpu:no-such-tag")
+        # With the image from the store, the store's pull would fail before any host left the edge; pulled on the
+        # host, the first host fails its upgrade.
+        rc, out = playbook("rolling_update.yml", "-e", "vllm_image=gpufleet-test/vllm-cpu:no-such-tag",
+                           "-e", "vllm_image_from_store=false")
     finally:
         load.stop()
     print(load.report())
@@ -415,11 +438,10 @@ def test_a_failing_rollout_stops_at_the_first_host_and_the_fleet_keeps_serving()
 
 
 def test_rolling_update_under_load_has_zero_failed_requests():
-    # A really different image (a new ID) built from the one the hosts have, as a release would be.
-    # The hosts of the model under load: the only host of the other model would leave it without a
-    # backend while it restarts (503 with Retry-After).
-    for gpu in A_HOSTS:
-        node(gpu).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
+    # A really different image (a new ID), as a release would be: on the model store, which ships it to the
+    # hosts before any of them leaves the edge (an offline fleet). The hosts of the model under load: the only
+    # host of the other model would leave it without a backend while it restarts (503 with Retry-After).
+    node(LB).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
     load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
     load.start()
     try:

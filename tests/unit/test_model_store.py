@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 from ansible.errors import AnsibleFilterError
@@ -106,3 +109,51 @@ def test_the_store_fetches_only_hub_models_once(instance_filters):
     }
     assert instance_filters.fleet_hub_models(["a", "b"], hostvars) == ["org/one", "org/two"]
     assert instance_filters.fleet_hub_models(["b"], hostvars) == ["org/one", "org/two"]
+
+
+IMPORT = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "model_store", "files", "model_import.py")
+
+
+def run_import(tmp_path, source):
+    cache = tmp_path / "hub"
+    out = subprocess.run([sys.executable, IMPORT, "--cache", str(cache), "--repo", "local/tiny", "--source", str(source),
+                          "--log", str(tmp_path / "import.log")], check=True, capture_output=True, text=True).stdout
+    return cache / "models--local--tiny", json.loads(out)
+
+
+def test_a_directory_is_imported_with_a_manifest_that_model_files_checks(tmp_path, model_files):
+    source = tmp_path / "nfs" / "tiny"
+    for name, data in FILES.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    (source / ".cache").mkdir()
+    (source / ".cache" / "lock").write_text("not part of the model")
+    folder, first = run_import(tmp_path, source)
+    assert sorted(first["downloaded"]) == sorted(FILES)
+    commit, listing, bad, missing = model_files.check(str(folder), "main")
+    assert sorted(listing) == sorted(FILES) and bad == [] and missing == []
+    assert all(listing[name]["lfs_sha256"] == hashlib.sha256(data).hexdigest() for name, data in FILES.items())
+    assert pathlib.Path(first["snapshot"]).name == commit
+    # Again: nothing copied, the same revision.
+    _, again = run_import(tmp_path, source)
+    assert again == {"snapshot": first["snapshot"], "downloaded": [], "linked": []}
+    # A changed file: a new revision, only that file copied, the old revision gone.
+    (source / "config.json").write_bytes(b'{"model_type": "mistral"}')
+    _, changed = run_import(tmp_path, source)
+    assert changed["downloaded"] == ["config.json"] and changed["snapshot"] != first["snapshot"]
+    assert [p.name for p in (folder / "snapshots").iterdir()] == [pathlib.Path(changed["snapshot"]).name]
+    assert model_files.check(str(folder), "main")[2:] == ([], [])
+    # A damaged copy on the store is found against the manifest, not against the source.
+    weights = folder / "snapshots" / pathlib.Path(changed["snapshot"]).name / "model.safetensors"
+    with open(os.path.realpath(weights), "r+b") as blob:
+        blob.seek(100)
+        byte = blob.read(1)[0]
+        blob.seek(100)
+        blob.write(bytes([byte ^ 0xFF]))
+    assert model_files.check(str(folder), "main")[2] == ["model.safetensors"]
+
+
+def test_an_import_without_its_directory_fails_naming_it(tmp_path):
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_import(tmp_path, tmp_path / "not-mounted")
+    assert "not-mounted: no such directory (the source of local/tiny)" in failed.value.stderr

@@ -44,7 +44,10 @@ NEW_IMAGE = "gpufleet-test/vllm-cpu:0.32.0-r2"
 HUB = "http://127.0.0.1:18480"
 HUB_MODEL = "gpufleet-test/tiny-llama"
 HUB_FILES = pathlib.Path(os.environ.get("GPUFLEET_CACHE", "/var/cache/gpufleet"), "hub")
-MODEL_COPY = "/data/vllm-models/hub/models--gpufleet-test--tiny-llama"
+# fleet-gpu03's model comes from a directory on the store (group_vars/model_store), not from the hub.
+LOCAL_MODEL, LOCAL_SOURCE = "local/tiny-llama-b", "/mnt/models/tiny-llama-b"
+COPIES = {gpu: "/data/vllm-models/hub/models--" + (HUB_MODEL if SERVED[gpu] == MODEL else LOCAL_MODEL).replace("/", "--")
+          for gpu in GPUS}
 # Seconds each client of the load through the load balancer waits between its requests while a test
 # changes the fleet. Requests are in flight all the time, and CPU is left for the vLLM that starts on the
 # same two cores: measured, a vLLM start took 17-23 s under this load and 57 s under clients sending back
@@ -265,7 +268,7 @@ def hub_downloads():
 
 
 def weights_digest(gpu):
-    return node(gpu).check_output("sha256sum %s/snapshots/*/model.safetensors | cut -d' ' -f1" % MODEL_COPY)
+    return node(gpu).check_output("sha256sum %s/snapshots/*/model.safetensors | cut -d' ' -f1" % COPIES[gpu])
 
 
 def recap_changes(out):
@@ -274,8 +277,8 @@ def recap_changes(out):
 
 
 def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_offline():
-    # Three GPU hosts serve the hub model (two names of it); only the store (fleet-lb01) asked the hub, and it
-    # fetched every file once, through converge and the check-mode run.
+    # Two GPU hosts serve the hub model; only the store (fleet-lb01) asked the hub, and it fetched every file
+    # once, through converge and the check-mode run. The third host's model came from the store's directory.
     repo = HUB_FILES / HUB_MODEL
     files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
     assert hub_downloads() == {HUB_MODEL: {name: 1 for name in files}}
@@ -285,10 +288,30 @@ def test_each_model_comes_from_the_hub_once_for_the_whole_fleet_and_vllm_runs_of
     assert token.mode == 0o600 and token.user == "root", "the hub token must be a 0600 file on the store"
     hub_weights = subprocess.check_output(["sha256sum", str(repo / "model.safetensors")], text=True).split()[0]
     for gpu in GPUS:
+        # The same weights by both ways; each host holds only the model it serves.
         assert weights_digest(gpu) == hub_weights, gpu
+        assert node(gpu).check_output("ls /data/vllm-models/hub") == COPIES[gpu].rsplit("/", 1)[1], gpu
         env = json.loads(node(gpu).check_output("docker inspect -f '{{json .Config.Env}}' vllm-server"))
         assert "HF_HUB_OFFLINE=1" in env, (gpu, env)
         assert node(gpu).check_output("docker inspect -f '{{.State.Running}}' vllm-server") == "true"
+
+
+def test_a_model_from_a_directory_is_imported_with_a_manifest_and_served_by_its_id():
+    store = "/srv/gpufleet-models/hub/models--" + LOCAL_MODEL.replace("/", "--")
+    commit = node(LB).file(store + "/refs/main").content_string.strip()
+    manifest = json.loads(node(LB).file("%s/trees/%s.json" % (store, commit)).content_string)["files"]
+    sources = node(LB).check_output("cd %s && find . -type f -printf '%%P\\n' | sort" % LOCAL_SOURCE).split()
+    assert sorted(manifest) == sources
+    for name in ("config.json", "model.safetensors"):
+        digest = node(LB).check_output("sha256sum %s/%s | cut -d' ' -f1" % (LOCAL_SOURCE, name))
+        assert manifest[name]["lfs_sha256"] == digest, name
+    # The host's copy is the store's revision, and vLLM serves it offline by its id.
+    assert node("fleet-gpu03").file(COPIES["fleet-gpu03"] + "/refs/main").content_string.strip() == commit
+    args = node("fleet-gpu03").check_output("docker inspect -f '{{json .Args}}' vllm-server")
+    assert LOCAL_MODEL in json.loads(args), args
+    answer = openai_client().chat.completions.create(model=MODEL_B, messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=2)
+    assert answer.model == MODEL_B and answer.usage.completion_tokens > 0
 
 
 def test_the_images_are_built_or_pulled_once_on_the_store_and_loaded_on_every_host():
@@ -329,7 +352,7 @@ def test_a_damaged_model_file_is_copied_again_from_the_store_and_a_rerun_copies_
     good = weights_digest(gpu)
     # One byte of the weights changed in place, the size kept (a bad disk, not a missing file).
     node(gpu).check_output("printf X | dd of=$(realpath %s/snapshots/*/model.safetensors) bs=1 seek=4096 "
-                           "conv=notrunc status=none" % MODEL_COPY)
+                           "conv=notrunc status=none" % COPIES[gpu])
     assert weights_digest(gpu) != good
     rc, out = playbook("models.yml")
     assert rc == 0, out[-3000:]

@@ -273,8 +273,8 @@ def test_preflight_checks_the_roles_site_yml_gives_each_host(inventory):
             continue
         groups = values["groups"]
         # apt_proxy runs on every host, included in site.yml's package sources play.
-        expected = ["apt_proxy"] + [role for group in ("gpu_servers", "loadbalancer", "monitoring", "counter_store", "model_store")
-                    if group in groups for role in by_group[group]]
+        site_groups = ("gpu_servers", "loadbalancer", "monitoring", "counter_store", "model_store")
+        expected = ["apt_proxy"] + [role for group in site_groups if group in groups for role in by_group[group]]
         # model_sync is included in a task (only where the fleet has a model store).
         expected += ["model_sync"] if "gpu_servers" in groups and inventory.groups.get("model_store") else []
         assert values["preflight"]["preflight_role_checks"] == expected, f"{inventory.name}: {host} in {groups}"

@@ -134,12 +134,14 @@ def test_a_directory_is_imported_with_a_manifest_that_model_files_checks(tmp_pat
     assert sorted(listing) == sorted(FILES) and bad == [] and missing == []
     assert all(listing[name]["lfs_sha256"] == hashlib.sha256(data).hexdigest() for name, data in FILES.items())
     assert pathlib.Path(first["snapshot"]).name == commit
-    # Again: nothing copied, the same revision.
-    _, again = run_import(tmp_path, source)
+    # Again: nothing copied, the same revision, not even the manifest rewritten (rsync would copy it to the hosts).
+    written = {p: p.stat().st_mtime_ns for p in (folder / "refs" / "main", folder / "trees" / (commit + ".json"))}
+    again = run_import(tmp_path, source)[1]
     assert again == {"snapshot": first["snapshot"], "downloaded": [], "linked": []}
+    assert {p: p.stat().st_mtime_ns for p in written} == written
     # A changed file: a new revision, only that file copied, the old revision gone.
     (source / "config.json").write_bytes(b'{"model_type": "mistral"}')
-    _, changed = run_import(tmp_path, source)
+    changed = run_import(tmp_path, source)[1]
     assert changed["downloaded"] == ["config.json"] and changed["snapshot"] != first["snapshot"]
     assert [p.name for p in (folder / "snapshots").iterdir()] == [pathlib.Path(changed["snapshot"]).name]
     assert model_files.check(str(folder), "main")[2:] == ([], [])

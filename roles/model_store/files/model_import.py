@@ -49,6 +49,13 @@ def source_files(source):
 
 
 def write_atomically(path, text):
+    """Write TEXT to PATH unless it holds it already (an unchanged file keeps its time: rsync copies nothing)."""
+    try:
+        with open(path) as stream:
+            if stream.read() == text:
+                return
+    except OSError:
+        pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as stream:
         stream.write(text)

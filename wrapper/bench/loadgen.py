@@ -23,9 +23,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(url: str, concurrency: int, duration: float, warmup: float, stream: bool,
-              max_requests: int, model: str) -> dict:
-    body = orjson.dumps({"model": model, "max_tokens": 16, "stream": stream,
-                         "messages": [{"role": "user", "content": "benchmark"}]})
+              max_requests: int, model: str, conversations: bool = False) -> dict:
+    def body_of(client_id: int) -> bytes:
+        # --conversations: each client is its own conversation (its own first message), as a fleet edge's
+        # routing key sees real clients; otherwise every request is the same.
+        content = f"benchmark conversation {client_id}" if conversations else "benchmark"
+        return orjson.dumps({"model": model, "max_tokens": 16, "stream": stream,
+                             "messages": [{"role": "user", "content": content}]})
     headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
     latencies: list[float] = []
     ttfbs: list[float] = []
@@ -38,8 +42,9 @@ async def run(url: str, concurrency: int, duration: float, warmup: float, stream
         measure_from = start + warmup
         stop_at = measure_from + duration
 
-        async def client() -> None:
+        async def client(client_id: int) -> None:
             nonlocal errors, issued
+            body = body_of(client_id)
             while True:
                 now = time.perf_counter()
                 if now >= stop_at or issued >= max_requests:
@@ -63,7 +68,7 @@ async def run(url: str, concurrency: int, duration: float, warmup: float, stream
                     else:
                         errors += 1
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
     return {
         "concurrency": concurrency,
         "stream": stream,
@@ -87,11 +92,12 @@ def main() -> None:
     p.add_argument("--stream", action="store_true")
     p.add_argument("--max-requests", type=int, default=2_000_000)
     p.add_argument("--model", default="sim")
+    p.add_argument("--conversations", action="store_true", help="a first message of its own per client")
     a = p.parse_args()
     if not a.url.startswith(("http://127.", "http://localhost")):
         raise SystemExit("benchmark traffic goes to this machine only (127.0.0.0/8, localhost)")
     result = uvloop.run(run(a.url, a.concurrency, a.duration, a.warmup, a.stream,
-                            a.max_requests, a.model))
+                            a.max_requests, a.model, a.conversations))
     print(orjson.dumps(result).decode())
 
 

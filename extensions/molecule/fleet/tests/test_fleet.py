@@ -155,6 +155,41 @@ def test_requests_are_spread_over_every_backend():
     assert all(served.values()), served
 
 
+def router_served():
+    """vllm-router's requests sent per worker so far (its Prometheus counter)."""
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8012/metrics').read().decode())"
+    served = {}
+    for line in node(LB).check_output("python3 -c %s" % shlex.quote(script)).splitlines():
+        found = re.match(r'vllm_router_processed_requests_total\{worker="([^"]+)"\} (\S+)', line)
+        if found:
+            served[found.group(1)] = float(found.group(2))
+    return served
+
+
+def test_each_conversation_stays_on_one_host_and_conversations_spread():
+    # Runs right after the spread test, whose conversations are balanced over both hosts (router_session_ttl keeps
+    # them counted): eight new ones then go to both. Without the edge's routing key (X-Session-ID from the first
+    # user message) a conversation's turns would each pick a host anew.
+    client = openai_client()
+    hosts = {}
+    for conversation in range(8):
+        messages = [{"role": "system", "content": "You answer questions about GPU fleets."},
+                    {"role": "user", "content": "Conversation %d of the stickiness test %s: what is a KV cache?"
+                     % (conversation, time.time())}]
+        for turn in range(3):
+            before = router_served()
+            answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+            after = router_served()
+            went = [worker for worker, count in after.items() if count > before.get(worker, 0)]
+            assert len(went) == 1, (before, after)
+            hosts.setdefault(conversation, set()).add(went[0])
+            messages += [{"role": "assistant", "content": answer.choices[0].message.content or "-"},
+                         {"role": "user", "content": "And turn %d?" % (turn + 2)}]
+    print(hosts)
+    assert all(len(workers) == 1 for workers in hosts.values()), hosts
+    assert set().union(*hosts.values()) == {worker_url(gpu) for gpu in A_HOSTS}, hosts
+
+
 def test_the_edge_answers_for_the_whole_fleet_in_openai_shape():
     client = openai_client()
     assert sorted(m.id for m in client.models.list().data) == [MODEL, MODEL_B]

@@ -143,7 +143,7 @@ def test_the_edge_routes_to_every_instance_of_the_fleet_and_its_config_is_valid(
 
 
 def test_requests_are_spread_over_every_backend():
-    # Different prompts: nothing cached anywhere yet, so the router spreads them by load.
+    # Different prompts: each request is a new routing key, and the router spreads new keys over the hosts.
     before = {gpu: len(load_balanced_requests(gpu, 0, 2e9)) for gpu in A_HOSTS}
     load = LoadGenerator(lb_url(), API_KEY, MODEL, workers=4, vary=True)
     load.start()
@@ -502,7 +502,9 @@ def test_rolling_update_under_load_has_zero_failed_requests():
     # hosts before any of them leaves the edge (an offline fleet). The hosts of the model under load: the only
     # host of the other model would leave it without a backend while it restarts (503 with Retry-After).
     node(LB).check_output("printf 'FROM %s\\nLABEL org.gpufleet.test-release=r2\\n' | docker build -q -t %s -", IMAGE, NEW_IMAGE)
-    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE)
+    # Every request its own conversation: the edge keeps a conversation on one host, so one prompt repeated would
+    # load one host only and leave the other's drain nothing to prove.
+    load = LoadGenerator(lb_url(), API_KEY, MODEL, pause=LOAD_PAUSE, vary=True)
     load.start()
     try:
         rc, out = playbook("rolling_update.yml", "-e", "vllm_image=" + NEW_IMAGE, "--limit", ",".join(A_HOSTS + [LB]))

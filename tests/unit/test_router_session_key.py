@@ -84,6 +84,9 @@ http {
     yield url
     proc.terminate()
     proc.wait(10)
+    # A regex that hits PCRE's match limit logs an alert with the start of the body (the prompt) and sets no key.
+    log = (work / "error.log").read_text()
+    assert "pcre" not in log.lower(), log[-2000:]
 
 
 def key(url, body, headers=None):
@@ -144,3 +147,12 @@ def test_a_half_megabyte_prompt_is_keyed(edge):
     long = "word " * 100_000
     assert key(edge, chat(long)) == key(edge, chat(long, "A second turn."))
     assert key(edge, chat(long)).isdigit()
+
+
+def test_long_messages_before_the_key_are_scanned_once(edge):
+    system = {"content": "Reference text. " * 2500, "role": "system"}  # 40 kB before the user message
+    content_first = {"model": "tiny-llama", "messages": [system, {"content": "Where is my model?", "role": "user"}]}
+    assert key(edge, content_first) == key(edge, chat("Where is my model?"))
+    image_only = {"model": "tiny-llama", "messages": [
+        system, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}
+    assert key(edge, image_only) == ""

@@ -124,7 +124,7 @@ def test_embeddings_from_a_pooling_vllm(start_wrapper, vllm_embed_url: str) -> N
 
 
 def test_render_routes(wrapper: Wrapper, vllm_url: str) -> None:
-    """vllm-router (the fleet edge, cache_aware) asks these for a prompt's token ids."""
+    """vllm-router (the fleet edge with router_policy cache_aware) asks these for a prompt's token ids."""
     r = httpx.post(wrapper.url + "/v1/chat/completions/render", json=CHAT, timeout=30)
     assert r.status_code == 200, r.text
     direct = httpx.post(vllm_url + "/v1/chat/completions/render", json=CHAT, timeout=30)

@@ -25,7 +25,7 @@ class LoadGenerator:
         self.workers = workers
         self.max_tokens = max_tokens
         self.pause = pause
-        # vary: every request's prompt starts differently (no shared prefix for a cache-aware router).
+        # vary: every request's prompt starts differently (a routing key of its own at the edge, no shared prefix).
         self.vary = vary
         self.sent = 0
         self.context = ssl.create_default_context()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 
@@ -71,3 +74,18 @@ def model_files():
 @pytest.fixture(scope="session")
 def model_filters():
     return _load("plugins/filter/models.py")
+
+
+@pytest.fixture(scope="session")
+def debian_nginx():
+    """This machine's nginx and set-misc module, from Debian's archive (installed when absent)."""
+    packages = ["nginx", "libnginx-mod-http-set-misc"]
+    installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}\\n", *packages], capture_output=True, text=True,
+                               check=False).stdout.count("ok installed")
+    if shutil.which("nginx") is None or installed < len(packages):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "-qq", *packages]
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
+            subprocess.run(install, env=env, check=True, capture_output=True)
+    return shutil.which("nginx")

@@ -101,18 +101,6 @@ def ubuntu_packages():
     return yaml.safe_load((FIXTURES / "packages.yml").read_text())
 
 
-@pytest.fixture(scope="module")
-def debian_nginx():
-    """This machine's nginx and set-misc module, from Debian's archive."""
-    if shutil.which("nginx") is None or not pathlib.Path(SET_MISC).exists():
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-http-set-misc"]
-        if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
-            subprocess.run(install, env=env, check=True, capture_output=True)
-    return shutil.which("nginx")
-
-
 def nginx_t(conf, modules):
     """`nginx -t` on a rendered file, with /etc/nginx/modules-enabled holding only `modules`.
 

@@ -8,9 +8,7 @@ about the header vllm-router would get for a request body.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import time
@@ -37,11 +35,7 @@ def edge_body_settings():
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory):
-    if shutil.which("nginx") is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], env=env, check=True, capture_output=True)
+def edge(tmp_path_factory, debian_nginx):
     work = tmp_path_factory.mktemp("edge")
     template = jinja2.Template(TEMPLATE.read_text(), trim_blocks=True, lstrip_blocks=True)
     (work / "session.conf").write_text(template.render(ansible_managed="test"))
@@ -70,7 +64,7 @@ http {
     }
 }
 """ % {"work": work, "front": front, "back": back, "settings": "\n        ".join(settings)})
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+    proc = subprocess.Popen([debian_nginx, "-c", str(conf), "-g", "daemon off;"])
     url = "http://127.0.0.1:%d/v1/chat/completions" % front
     deadline = time.monotonic() + 10
     while True:

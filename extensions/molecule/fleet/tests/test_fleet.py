@@ -81,10 +81,15 @@ def openai_client(api_key=API_KEY):
                          http_client=httpx2.Client(verify=False))
 
 
+def edge_local(url):
+    """GET URL on the edge host (vllm-router and its metrics listen on 127.0.0.1 there only), as text."""
+    script = "import urllib.request; print(urllib.request.urlopen(%r).read().decode())" % url
+    return node(LB).check_output("python3 -c %s" % shlex.quote(script))
+
+
 def router_get(path):
-    """GET PATH from vllm-router on the edge (127.0.0.1 there only), parsed."""
-    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8010%s').read().decode())" % path
-    return json.loads(node(LB).check_output("python3 -c %s" % shlex.quote(script)))
+    """GET PATH from vllm-router on the edge, parsed."""
+    return json.loads(edge_local("http://127.0.0.1:8010" + path))
 
 
 def router_workers():
@@ -157,9 +162,8 @@ def test_requests_are_spread_over_every_backend():
 
 def router_served():
     """vllm-router's requests sent per worker so far (its Prometheus counter)."""
-    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8012/metrics').read().decode())"
     served = {}
-    for line in node(LB).check_output("python3 -c %s" % shlex.quote(script)).splitlines():
+    for line in edge_local("http://127.0.0.1:8012/metrics").splitlines():
         found = re.match(r'vllm_router_processed_requests_total\{worker="([^"]+)"\} (\S+)', line)
         if found:
             served[found.group(1)] = float(found.group(2))

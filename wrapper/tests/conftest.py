@@ -72,6 +72,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def vllm_metric(vllm_url: str, name: str, **labels: str) -> float:
+    """One of vLLM's own metrics, read from its /metrics now (metric_value's sum)."""
+    return metric_value(httpx.get(vllm_url + "/metrics").text, name, **labels)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     outdir = CACHE / "tiny-model"

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from .conftest import MODEL_NAME, Wrapper, metric_value, wait_until
+from .conftest import MODEL_NAME, Wrapper, metric_value, vllm_metric, wait_until
 from .stub_upstream import StubUpstream
 
 # 1000 tokens take vLLM CPU about 1 s with the tiny model (more on a busy machine): long enough to
@@ -22,17 +22,12 @@ LONG = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "go"}],
 SETTLE_S = 3
 
 
-def _vllm_metrics(vllm_url: str) -> str:
-    return httpx.get(vllm_url + "/metrics").text
-
-
 def _counts_when_idle(vllm_url: str) -> tuple[float, float]:
     """Once vLLM runs nothing: requests it finished on its own (vllm:request_success_total for every
     finished_reason but abort and error: stop, length, ...) and tokens it generated."""
-    assert wait_until(
-        lambda: metric_value(_vllm_metrics(vllm_url), "vllm:num_requests_running") == 0, 30
-    ), "vLLM still running a request"
-    text = _vllm_metrics(vllm_url)
+    assert wait_until(lambda: vllm_metric(vllm_url, "vllm:num_requests_running") == 0, 30), \
+        "vLLM still running a request"
+    text = httpx.get(vllm_url + "/metrics").text  # one reading for all three
     finished = metric_value(text, "vllm:request_success_total") - sum(
         metric_value(text, "vllm:request_success_total", finished_reason=reason)
         for reason in ("abort", "error"))

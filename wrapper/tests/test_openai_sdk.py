@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import API_KEYS, MODEL_NAME, Wrapper, metric_value, wait_until
+from .conftest import API_KEYS, MODEL_NAME, Wrapper, metric_value, vllm_metric, wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 
@@ -140,14 +140,13 @@ def test_responses_api_needs_a_key(auth_wrapper: Wrapper) -> None:
 
 
 def _running(vllm_url: str) -> float:
-    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:num_requests_running")
+    return vllm_metric(vllm_url, "vllm:num_requests_running")
 
 
 def _generated(vllm_url: str) -> float:
-    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:generation_tokens_total")
+    return vllm_metric(vllm_url, "vllm:generation_tokens_total")
 
 
 def _ended_by_length(vllm_url: str) -> float:
     """Requests vLLM finished at their max tokens (an abort is not counted there)."""
-    return metric_value(httpx.get(vllm_url + "/metrics").text, "vllm:request_success_total",
-                        finished_reason="length")
+    return vllm_metric(vllm_url, "vllm:request_success_total", finished_reason="length")
